@@ -1,0 +1,338 @@
+"""Fused tier attention for Streaming Sparse Attention: one online-softmax pass over the occupied
+slot ranges of a layer's tier buffer (non-causal, additive per-slot bias) and the chunk's own
+keys (causal).
+
+Method: FlashAttention-2 (Dao, 2023) forward: fp32 online softmax in base 2, one program per
+block of query rows, K/V tiles streamed through the inner loop. GQA: the G query heads of a KV
+group are packed into the row dimension (row r = g * M + m), so a program's K/V tile serves
+every head whose rows it holds and decode (M = 1) still fills a tensor-core tile. Decode and
+short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023): each split
+writes a partial (out, lse) in fp32 and a small combine kernel merges them.
+
+Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
+gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
+values (0 * NaN is NaN inside the P @ V product, so buffers must be zero-initialised, not
+torch.empty); ranges must lie inside the buffer and not overlap (validated only when `ranges`
+is a CPU tensor, to avoid a device sync per call).
+
+Trust: correctness is tested on CPU under the Triton interpreter (small sizes, fp32/bf16/fp16,
+head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a GPU is present
+(tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
+guess for Hopper (H100/H200), not yet measured.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def mma(a, b, INPUT_PRECISION: tl.constexpr):
+    """a @ b with fp32 accumulation. INPUT_PRECISION "ieee" keeps fp32 inputs exact on GPU; the
+    string "interp" upcasts the operands because the Triton interpreter (3.9) returns garbage
+    for tl.dot on bf16/fp16 operands."""
+    if INPUT_PRECISION == "interp":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
+               INPUT_PRECISION: tl.constexpr):
+    """One online-softmax step over a K/V tile; bias_l2 is [BLOCK_M|1, BLOCK_N] in log2 units."""
+    k = tl.load(k_ptrs)
+    v = tl.load(v_ptrs)
+    qk = mma(q, tl.trans(k), INPUT_PRECISION) * qk_scale + bias_l2
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    # P is rounded to V's dtype before the product, as on the GPU path.
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, INPUT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def ssa_attn_fwd_kernel(
+    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART,
+    sm_scale, M, N_RANGES, NUM_SPLITS,
+    stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
+    stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
+    of head kvh * GROUP + r // M. Split s covers an equal share of the buffer's attended keys in
+    range order; the last split also covers the chunk's own keys (causal)."""
+    pid_m = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    n_rows = GROUP * M
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    # Clamped rows duplicate the last valid one: loads need no mask, stores are masked.
+    rows_c = tl.minimum(rows, n_rows - 1)
+    head = kvh * GROUP + rows_c // M
+    qm = rows_c % M
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + head[:, None] * stride_qh + qm[:, None] * stride_qm + offs_d[None, :])
+
+    qk_scale = sm_scale * 1.4426950408889634
+    # Finite start for the running max: a tile whose logits are all -inf then gives p = 0,
+    # alpha = 1 instead of exp2(-inf - -inf) = NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    k_head = K + kvh.to(tl.int64) * stride_kh
+    v_head = V + kvh.to(tl.int64) * stride_vh
+    b_head = BIAS + kvh.to(tl.int64) * stride_bh
+
+    # This split's share [lo, hi) of the attended buffer keys, counted in range order.
+    total = 0
+    for r in range(0, N_RANGES):
+        total += tl.load(RANGES + 2 * r + 1) - tl.load(RANGES + 2 * r)
+    per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * per
+    hi = tl.minimum(lo + per, total)
+    cum = 0
+    for r in range(0, N_RANGES):
+        s = tl.load(RANGES + 2 * r)
+        e = tl.load(RANGES + 2 * r + 1)
+        start = s + tl.maximum(lo - cum, 0)
+        end = s + tl.minimum(hi - cum, e - s)
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            # Slots past `end` are clamped onto a valid one and masked through the bias.
+            offs_c = tl.minimum(offs_n, end - 1)
+            bias = tl.load(b_head + offs_n, mask=offs_n < end, other=float("-inf"))
+            acc, l_i, m_i = _attn_tile(
+                acc, l_i, m_i, q,
+                k_head + offs_c[:, None] * stride_kn + offs_d[None, :],
+                v_head + offs_c[:, None] * stride_vn + offs_d[None, :],
+                (bias * 1.4426950408889634)[None, :], qk_scale, INPUT_PRECISION)
+        cum += e - s
+
+    if split == NUM_SPLITS - 1:
+        kn_head = KN + kvh.to(tl.int64) * stride_knh
+        vn_head = VN + kvh.to(tl.int64) * stride_vnh
+        m_lo = tl.min(qm, 0)
+        m_hi = tl.max(qm, 0)
+        # Keys 0 .. m_lo are visible to every row of the block: no mask.
+        full_end = ((m_lo + 1) // BLOCK_N) * BLOCK_N
+        zero_bias = tl.zeros([1, BLOCK_N], dtype=tl.float32)
+        for n0 in range(0, full_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            acc, l_i, m_i = _attn_tile(
+                acc, l_i, m_i, q,
+                kn_head + offs_n[:, None] * stride_knm + offs_d[None, :],
+                vn_head + offs_n[:, None] * stride_vnm + offs_d[None, :],
+                zero_bias, qk_scale, INPUT_PRECISION)
+        for n0 in range(full_end, m_hi + 1, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            offs_c = tl.minimum(offs_n, M - 1)
+            causal = tl.where(offs_n[None, :] <= qm[:, None], 0.0, float("-inf"))
+            acc, l_i, m_i = _attn_tile(
+                acc, l_i, m_i, q,
+                kn_head + offs_c[:, None] * stride_knm + offs_d[None, :],
+                vn_head + offs_c[:, None] * stride_vnm + offs_d[None, :],
+                causal, qk_scale, INPUT_PRECISION)
+
+    has = l_i > 0.0
+    l_safe = tl.where(has, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(has, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    if SPLIT:
+        # Partial results [S, Hq, M, D] / [S, Hq, M], contiguous, fp32.
+        n_q = GROUP * M * tl.num_programs(1)
+        prow = split.to(tl.int64) * n_q + head.to(tl.int64) * M + qm
+        tl.store(O_PART + prow[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
+        tl.store(LSE_PART + prow, lse, mask=row_ok)
+    else:
+        o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
+        tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + head.to(tl.int64) * stride_lh + qm, lse, mask=row_ok)
+
+
+@triton.jit
+def ssa_attn_combine_kernel(
+    O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
+    stride_oh, stride_om, stride_lh,
+    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+):
+    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding)."""
+    i = tl.program_id(0)
+    head = i // M
+    qm = i % M
+    offs_s = tl.arange(0, SPLITS_PAD)
+    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=offs_s < NUM_SPLITS,
+                    other=float("-inf"))
+    # The last split holds the diagonal key, so the max is finite.
+    mx = tl.max(lse_s, 0)
+    den = tl.sum(tl.exp(lse_s - mx), 0)
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
+        offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
+        ok = offs_b < NUM_SPLITS
+        lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
+        w = tl.exp(lse_b - mx)
+        o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
+                      mask=ok[:, None], other=0.0)
+        acc += tl.sum(w[:, None] * o_b, 0)
+    o = acc / den
+    tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, o.to(OUT.dtype.element_ty))
+    tl.store(LSE + head.to(tl.int64) * stride_lh + qm, mx + tl.log(den))
+
+
+# Hopper guesses (H100/H200, head_dim 128): 128-row tiles with 8 warps are FlashAttention-2's
+# usual best; the 64-row config covers head_dim 64 and register pressure. Kept small on purpose:
+# every config is compiled on the device before the first call returns.
+_PREFILL_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+]
+# Split-K (decode and short chunks): few rows, bandwidth-bound; BLOCK_M is set by the host.
+_SPLIT_CONFIGS = [
+    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
+]
+_prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
+    ssa_attn_fwd_kernel)
+_split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(
+    ssa_attn_fwd_kernel)
+
+# Rows (G * M) up to this use one row block and split-K.
+_DECODE_ROWS = 64
+_MAX_SPLITS = 128
+# Fewest buffer keys a split is given when choosing the split count.
+_MIN_KEYS_PER_SPLIT = 256
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    if interpreting():
+        return "interp"
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def poisoning() -> bool:
+    """Tests set SSA_CODE_KERNELS_POISON=1: outputs start as NaN so unwritten elements fail."""
+    return os.environ.get("SSA_CODE_KERNELS_POISON", "0") == "1"
+
+
+def alloc(shape, dtype, device) -> torch.Tensor:
+    if poisoning():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+_SM_COUNT: dict = {}
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SM_COUNT:
+        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
+    return _SM_COUNT[key]
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_M, splits) for the split-K path, or (0, 1) for the autotuned prefill path."""
+    block_m = max(16, _pow2(n_rows)) if n_rows <= _DECODE_ROWS else 64
+    row_blocks = triton.cdiv(n_rows, block_m)
+    sms = num_sms(device)
+    if n_rows > _DECODE_ROWS and row_blocks * hkv >= sms:
+        return 0, 1
+    splits = min(triton.cdiv(2 * sms, row_blocks * hkv), triton.cdiv(cap, _MIN_KEYS_PER_SPLIT),
+                 _MAX_SPLITS)
+    return block_m, max(1, splits)
+
+
+def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None):
+    """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
+    contiguous. `num_splits` forces the split count (tests); None picks it from the sizes."""
+    hq, m, d = q.shape
+    hkv, cap, _ = k_buf.shape
+    group = hq // hkv
+    n_rows = group * m
+    dev = q.device
+    out = alloc((hq, m, d), q.dtype, dev)
+    lse = alloc((hq, m), torch.float32, dev)
+    precision = dot_precision(q.dtype)
+    block_m, splits = plan_splits(n_rows, hkv, cap, dev)
+    if num_splits is not None:
+        splits = int(num_splits)
+        block_m = max(16, _pow2(n_rows)) if n_rows <= _DECODE_ROWS else 64
+    n_ranges = ranges.shape[0]
+    strides = (q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0),
+               v_buf.stride(1), bias.stride(0), k_new.stride(0), k_new.stride(1), v_new.stride(0),
+               v_new.stride(1), out.stride(0), out.stride(1), lse.stride(0))
+    if interpreting():
+        # The interpreter runs every program in Python: one fixed small config, no autotuning.
+        cfg = dict(BLOCK_N=32)
+        if splits == 1 and block_m == 0:
+            cfg["BLOCK_M"] = 64
+        else:
+            cfg["BLOCK_M"] = block_m
+        launch = ssa_attn_fwd_kernel
+    else:
+        cfg = {} if block_m == 0 else {"BLOCK_M": block_m}
+        launch = _prefill_fwd if block_m == 0 else _split_fwd
+    if splits == 1:
+        dummy = out
+        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
+                     float(scale), m, n_ranges, 1, *strides, GROUP=group, HEAD_DIM=d,
+                     SPLIT=False, INPUT_PRECISION=precision, **cfg)
+        return out, lse
+    o_part = alloc((splits, hq, m, d), torch.float32, dev)
+    lse_part = alloc((splits, hq, m), torch.float32, dev)
+    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
+    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
+                 float(scale), m, n_ranges, splits, *strides, GROUP=group, HEAD_DIM=d,
+                 SPLIT=True, INPUT_PRECISION=precision, **cfg)
+    ssa_attn_combine_kernel[(hq * m,)](
+        o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16, num_warps=4)
+    return out, lse
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None):
+    """Triton tier attention (see `ssa_code.kernels.tier_attention` for the contract).
+
+    q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
+    k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
+    """
+    from .tier_attention_ref import check_tier_attention_args
+
+    check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    ranges = ranges.to(device=q.device, dtype=torch.int32).contiguous()
+    if ranges.shape[0] == 0:
+        # A zero-size tensor may have a null data pointer; the kernel reads none of it anyway.
+        ranges = torch.zeros(1, 2, dtype=torch.int32, device=q.device)[:0]
+    q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
+    bias = _last_dim_contiguous(bias)
+    return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits)

@@ -1,0 +1,159 @@
+"""Plain PyTorch references for the tier attention kernels (``tier_attention.py``).
+
+They compute the same functions as the Triton kernels with explicit gathers and a full softmax,
+in float32 by default (``compute_dtype`` selects another precision: float64 for a gold
+reference in tests, the inputs' own dtype for the "PyTorch in the kernel's dtype" error that
+bounds the kernel's error). Queries are processed in sub-chunks so that memory stays bounded
+at prefill sizes (M up to 16K over tens of thousands of keys).
+"""
+from __future__ import annotations
+
+import torch
+
+# Budget for one chunk's logits tensor [Hq, chunk, T + M], in elements (~0.5 GiB in float32).
+_LOGIT_ELEMS = 1 << 27
+
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def _shape(name, x, shape):
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def check_ranges(ranges, cap: int) -> None:
+    """ranges [R, 2] integer; checked against the buffer only on the CPU (no device sync)."""
+    if ranges.dim() != 2 or ranges.shape[1] != 2:
+        raise ValueError(f"ranges has shape {tuple(ranges.shape)}, expected [R, 2]")
+    if ranges.dtype.is_floating_point or ranges.dtype == torch.bool:
+        raise ValueError(f"ranges has dtype {ranges.dtype}, expected an integer dtype")
+    if ranges.device.type == "cpu":
+        prev_end = None
+        for s, e in sorted(map(tuple, ranges.tolist())):
+            if not (0 <= s <= e <= cap):
+                raise ValueError(f"range [{s}, {e}) is not inside the buffer of {cap} slots")
+            if prev_end is not None and s < prev_end and e > s:
+                raise ValueError(f"range [{s}, {e}) overlaps the range ending at {prev_end}")
+            if e > s:
+                prev_end = e
+
+
+def check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale) -> None:
+    """ValueError naming the bad argument, for the public tier_attention functions."""
+    if q.dim() != 3:
+        raise ValueError(f"q has shape {tuple(q.shape)}, expected [Hq, M, D]")
+    hq, m, d = q.shape
+    if k_buf.dim() != 3:
+        raise ValueError(f"k_buf has shape {tuple(k_buf.shape)}, expected [Hkv, CAP, D]")
+    hkv, cap, _ = k_buf.shape
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}, expected one of {_DTYPES}")
+    if d not in _HEAD_DIMS:
+        raise ValueError(f"head_dim {d} is not supported (one of {_HEAD_DIMS})")
+    if m < 1:
+        raise ValueError(f"the chunk has {m} queries, expected at least 1")
+    if hkv < 1 or hq % hkv:
+        raise ValueError(f"{hq} query heads are not a multiple of {hkv} KV heads")
+    _shape("k_buf", k_buf, (hkv, cap, d))
+    _shape("v_buf", v_buf, (hkv, cap, d))
+    _shape("bias", bias, (hkv, cap))
+    _shape("k_new", k_new, (hkv, m, d))
+    _shape("v_new", v_new, (hkv, m, d))
+    for name, x in (("k_buf", k_buf), ("v_buf", v_buf), ("k_new", k_new), ("v_new", v_new)):
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype}, expected q's dtype {q.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+    if bias.dtype != torch.float32 or bias.device != q.device:
+        raise ValueError(f"bias must be float32 on {q.device}, got {bias.dtype} on {bias.device}")
+    check_ranges(ranges, cap)
+    if not (float(scale) > 0.0 and float(scale) < float("inf")):
+        raise ValueError(f"scale must be positive and finite, got {scale}")
+
+
+def gather_ranges(ranges: torch.Tensor, cap: int) -> torch.Tensor:
+    """Slot indices of the half-open ``ranges`` [R, 2], concatenated in order -> int64 [T]."""
+    rs = ranges.detach().to("cpu", torch.int64).tolist()
+    for s, e in rs:
+        if not (0 <= s <= e <= cap):
+            raise ValueError(f"range [{s}, {e}) is not inside the buffer of {cap} slots")
+    if not rs:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.cat([torch.arange(s, e, dtype=torch.int64) for s, e in rs])
+
+
+def _query_chunk(hq: int, m: int, t: int) -> int:
+    return max(1, min(m, _LOGIT_ELEMS // max(1, hq * (t + m))))
+
+
+def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
+                       compute_dtype=torch.float32, out_dtype=None):
+    """Attention of the chunk's queries over buffer ranges (with bias) + its own keys (causal).
+
+    q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int;
+    k_new, v_new [Hkv, M, D]. Returns out [Hq, M, D] (``out_dtype``, default q's dtype) and
+    lse [Hq, M] float32 (natural log, over buffer + causal chunk).
+    """
+    hq, m, d = q.shape
+    hkv, cap, _ = k_buf.shape
+    group = hq // hkv
+    dev = q.device
+    idx = gather_ranges(ranges, cap).to(dev)
+    t = idx.numel()
+    ct = compute_dtype
+    # Keys/values of the attended buffer slots followed by the chunk's own: [Hkv, T + M, D].
+    keys = torch.cat([k_buf[:, idx].to(ct), k_new.to(ct)], dim=1)
+    vals = torch.cat([v_buf[:, idx].to(ct), v_new.to(ct)], dim=1)
+    keys = keys.repeat_interleave(group, 0)  # [Hq, T + M, D]
+    vals = vals.repeat_interleave(group, 0)
+    bias_buf = bias[:, idx].to(torch.float32 if ct != torch.float64 else ct)
+    bias_buf = bias_buf.repeat_interleave(group, 0)  # [Hq, T]
+    out = torch.empty(hq, m, d, dtype=ct, device=dev)
+    lse = torch.empty(hq, m, dtype=torch.float32, device=dev)
+    step = _query_chunk(hq, m, t)
+    for i0 in range(0, m, step):
+        i1 = min(m, i0 + step)
+        qc = q[:, i0:i1].to(ct)
+        logits = torch.matmul(qc, keys.transpose(1, 2)) * scale  # [Hq, c, T + M]
+        # Bias and causal mask added in float32 (or float64) whatever the compute dtype.
+        acc_t = bias_buf.dtype
+        logits = logits.to(acc_t)
+        logits[:, :, :t] += bias_buf[:, None, :]
+        qi = torch.arange(i0, i1, device=dev)[:, None]
+        kj = torch.arange(m, device=dev)[None, :]
+        logits[:, :, t:].masked_fill_((kj > qi)[None], float("-inf"))
+        lse[:, i0:i1] = torch.logsumexp(logits, dim=-1).float()
+        p = torch.softmax(logits, dim=-1).to(ct)
+        out[:, i0:i1] = torch.matmul(p, vals)
+    return out.to(out_dtype or q.dtype), lse
+
+
+def tier_attention_mass_ref(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start, *,
+                            compute_dtype=torch.float32):
+    """Softmax mass per slot summed over observation queries and each group's query heads.
+
+    q_obs [Hq, O, D] (chunk queries obs_start .. obs_start + O - 1); k_buf [Hkv, CAP, D];
+    bias [Hkv, CAP]; ranges [R, 2]; k_new [Hkv, M, D]; lse_obs [Hq, O] float32.
+    Returns mass_buf [Hkv, CAP] float32 (0 outside ranges) and mass_new [Hkv, M] float32.
+    """
+    hq, o, d = q_obs.shape
+    hkv, cap, _ = k_buf.shape
+    m = k_new.shape[1]
+    group = hq // hkv
+    dev = q_obs.device
+    ct = compute_dtype
+    idx = gather_ranges(ranges, cap).to(dev)
+    qf = q_obs.to(ct).reshape(hkv, group * o, d)  # rows of a group: head-major
+    lse = lse_obs.to(ct).reshape(hkv, group * o)
+    kb = k_buf[:, idx].to(ct)  # [Hkv, T, D]
+    lb = torch.matmul(qf, kb.transpose(1, 2)) * scale + bias[:, idx].to(ct)[:, None, :]
+    mass_buf = torch.zeros(hkv, cap, dtype=torch.float32, device=dev)
+    mass_buf[:, idx] = torch.exp(lb - lse[:, :, None]).sum(1).float()
+    ln = torch.matmul(qf, k_new.to(ct).transpose(1, 2)) * scale  # [Hkv, G*O, M]
+    qi = (obs_start + torch.arange(o, device=dev)).repeat(group)[:, None]
+    kj = torch.arange(m, device=dev)[None, :]
+    ln = ln.masked_fill((kj > qi)[None], float("-inf"))
+    mass_new = torch.exp(ln - lse[:, :, None]).sum(1).float()
+    return mass_buf, mass_new
