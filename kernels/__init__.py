@@ -1,0 +1,102 @@
+"""Triton kernels of Streaming Sparse Attention, each with a plain PyTorch reference beside it.
+
+Public functions dispatch per call: the Triton kernel when the tensors are on CUDA (or when
+SSA_CODE_KERNELS=triton, which with TRITON_INTERPRET=1 runs the kernels on the CPU for tests),
+the PyTorch reference otherwise; SSA_CODE_KERNELS=torch forces the reference. Triton is imported
+only when a kernel is first used, so importing this package never needs a working Triton.
+
+    out, lse = tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    scores = score_blocks(q, reps, n_valid, scale)
+    mass_buf, mass_new = tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
+
+Shapes and semantics: docs/INTERFACES.md, section ssa_code.kernels.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .score_blocks_ref import check_score_blocks_args, score_blocks_ref
+from .tier_attention_ref import (
+    check_mass_args,
+    check_tier_attention_args,
+    tier_attention_mass_ref,
+    tier_attention_ref,
+)
+
+__all__ = [
+    "backend",
+    "score_blocks",
+    "score_blocks_ref",
+    "tier_attention",
+    "tier_attention_mass",
+    "tier_attention_mass_ref",
+    "tier_attention_ref",
+    "triton_available",
+]
+
+_TRITON_OK: bool | None = None
+
+
+def triton_available() -> bool:
+    """True when the Triton kernel modules import (Triton installed and usable)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            from . import score_blocks as _sb  # noqa: F401
+            from . import tier_attention as _ta  # noqa: F401
+
+            _TRITON_OK = True
+        except Exception:  # ImportError, or a Triton that fails at import on this machine
+            _TRITON_OK = False
+    return _TRITON_OK
+
+
+def backend(device: torch.device) -> str:
+    """"triton" or "torch" for tensors on `device`, after the SSA_CODE_KERNELS override."""
+    choice = os.environ.get("SSA_CODE_KERNELS", "auto").lower()
+    if choice not in ("auto", "triton", "torch"):
+        raise ValueError(f"SSA_CODE_KERNELS={choice!r}: expected auto, triton or torch")
+    if choice == "torch":
+        return "torch"
+    if choice == "triton":
+        if not triton_available():
+            raise RuntimeError("SSA_CODE_KERNELS=triton but Triton cannot be imported")
+        return "triton"
+    return "triton" if device.type == "cuda" and triton_available() else "torch"
+
+
+def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale):
+    """Attention over buffer ranges (additive per-slot bias) + the chunk's own keys (causal).
+
+    q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
+    k_new, v_new [Hkv, M, D] -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
+    """
+    check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    if backend(q.device) == "triton":
+        from .tier_attention import tier_attention as fast
+
+        return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+
+
+def score_blocks(q, reps, n_valid, scale):
+    """q [Hq, M, D]; reps [Hkv, N, D]; n_valid int -> scores [Hkv, N] float32 (max over the
+    group's heads and the M queries of scale * q . rep; -inf from n_valid on)."""
+    check_score_blocks_args(q, reps, n_valid, scale)
+    if backend(q.device) == "triton":
+        from .score_blocks import score_blocks as fast
+
+        return fast(q, reps, n_valid, scale)
+    return score_blocks_ref(q, reps, n_valid, scale)
+
+
+def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
+    """Observation-window softmax mass per slot: mass_buf [Hkv, CAP], mass_new [Hkv, M] float32."""
+    check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
+    if backend(q_obs.device) == "triton":
+        from .tier_attention import tier_attention_mass as fast
+
+        return fast(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
+    return tier_attention_mass_ref(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)

@@ -192,6 +192,74 @@ def ssa_attn_combine_kernel(
     tl.store(LSE + head.to(tl.int64) * stride_lh + qm, mx + tl.log(den))
 
 
+@triton.jit
+def _mass_sum(Q, LSE, k, bias_l2, offs_n, kvh, O, OBS_START, qk_scale,
+              stride_qh, stride_qm, stride_lh,
+              GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Sum over the group's observation rows of exp(logit - lse) for one key tile -> [BLOCK_N]."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    n_rows = GROUP * O
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    k_t = tl.trans(k)
+    for r0 in range(0, n_rows, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rows_c = tl.minimum(rows, n_rows - 1)
+        head = (kvh * GROUP + rows_c // O).to(tl.int64)
+        oi = rows_c % O
+        q = tl.load(Q + head[:, None] * stride_qh + oi[:, None] * stride_qm + offs_d[None, :])
+        lse = tl.load(LSE + head * stride_lh + oi)
+        qk = mma(q, k_t, INPUT_PRECISION) * qk_scale + bias_l2[None, :] - (lse * 1.4426950408889634)[:, None]
+        if CAUSAL:
+            qk = tl.where(offs_n[None, :] <= (OBS_START + oi)[:, None], qk, float("-inf"))
+        # Clamped duplicate rows would count twice: zero them.
+        p = tl.where((rows < n_rows)[:, None], tl.math.exp2(qk), 0.0)
+        acc += tl.sum(p, 0)
+    return acc
+
+
+@triton.jit
+def ssa_attn_mass_kernel(
+    Q, K, BIAS, RANGES, KN, LSE, MASS_BUF, MASS_NEW,
+    sm_scale, O, M, CAP, OBS_START, N_RANGES, N_BUF_TILES,
+    stride_qh, stride_qm, stride_kh, stride_kn, stride_bh, stride_knh, stride_knm, stride_lh,
+    stride_mbh, stride_mnh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Grid (buffer tiles + chunk tiles, Hkv). A program owns one key tile (of the buffer, or of
+    the chunk's own keys) and sums the softmax probability its keys got from every observation
+    query of the group (probabilities rebuilt from tier_attention's lse, as in SnapKV)."""
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qk_scale = sm_scale * 1.4426950408889634
+    if pid < N_BUF_TILES:
+        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_c = tl.minimum(offs_n, CAP - 1)
+        inside = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for r in range(0, N_RANGES):
+            s = tl.load(RANGES + 2 * r)
+            e = tl.load(RANGES + 2 * r + 1)
+            inside += ((offs_n >= s) & (offs_n < e)).to(tl.int32)
+        bias = tl.load(BIAS + kvh.to(tl.int64) * stride_bh + n_c)
+        bias_l2 = tl.where(inside > 0, bias * 1.4426950408889634, float("-inf"))
+        k = tl.load(K + kvh.to(tl.int64) * stride_kh + n_c[:, None] * stride_kn + offs_d[None, :])
+        acc = _mass_sum(Q, LSE, k, bias_l2, offs_n, kvh, O, OBS_START, qk_scale,
+                        stride_qh, stride_qm, stride_lh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N,
+                        False, INPUT_PRECISION)
+        tl.store(MASS_BUF + kvh * stride_mbh + offs_n, acc, mask=offs_n < CAP)
+    else:
+        offs_n = (pid - N_BUF_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_c = tl.minimum(offs_n, M - 1)
+        k = tl.load(KN + kvh.to(tl.int64) * stride_knh + n_c[:, None] * stride_knm + offs_d[None, :])
+        bias_l2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc = _mass_sum(Q, LSE, k, bias_l2, offs_n, kvh, O, OBS_START, qk_scale,
+                        stride_qh, stride_qm, stride_lh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N,
+                        True, INPUT_PRECISION)
+        tl.store(MASS_NEW + kvh * stride_mnh + offs_n, acc, mask=offs_n < M)
+
+
 # Hopper guesses (H100/H200, head_dim 128): 128-row tiles with 8 warps are FlashAttention-2's
 # usual best; the 64-row config covers head_dim 64 and register pressure. Kept small on purpose:
 # every config is compiled on the device before the first call returns.
@@ -336,3 +404,41 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
     bias = _last_dim_contiguous(bias)
     return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits)
+
+
+def tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
+    """Host launcher for the observation-window attention mass (no autotuning: O is small)."""
+    hq, o, d = q_obs.shape
+    hkv, cap, _ = k_buf.shape
+    m = k_new.shape[1]
+    dev = q_obs.device
+    mass_buf = alloc((hkv, cap), torch.float32, dev)
+    mass_new = alloc((hkv, m), torch.float32, dev)
+    block_n = 32 if interpreting() else 64
+    n_buf_tiles = triton.cdiv(cap, block_n)
+    grid = (n_buf_tiles + triton.cdiv(m, block_n), hkv)
+    ssa_attn_mass_kernel[grid](
+        q_obs, k_buf, bias, ranges, k_new, lse_obs, mass_buf, mass_new,
+        float(scale), o, m, cap, int(obs_start), ranges.shape[0], n_buf_tiles,
+        q_obs.stride(0), q_obs.stride(1), k_buf.stride(0), k_buf.stride(1), bias.stride(0),
+        k_new.stride(0), k_new.stride(1), lse_obs.stride(0), mass_buf.stride(0), mass_new.stride(0),
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=32 if interpreting() else 64, BLOCK_N=block_n,
+        INPUT_PRECISION=dot_precision(q_obs.dtype), num_warps=4, num_stages=2)
+    return mass_buf, mass_new
+
+
+def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
+    """Triton observation-window attention mass (contract: `ssa_code.kernels.tier_attention_mass`).
+
+    q_obs [Hq, O, D]; k_buf [Hkv, CAP, D]; bias [Hkv, CAP]; ranges [R, 2]; k_new [Hkv, M, D];
+    lse_obs [Hq, O] -> mass_buf [Hkv, CAP] float32, mass_new [Hkv, M] float32.
+    """
+    from .tier_attention_ref import check_mass_args
+
+    check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
+    ranges = ranges.to(device=q_obs.device, dtype=torch.int32).contiguous()
+    if ranges.shape[0] == 0:
+        ranges = torch.zeros(1, 2, dtype=torch.int32, device=q_obs.device)[:0]
+    q_obs, k_buf, k_new, bias = map(_last_dim_contiguous, (q_obs, k_buf, k_new, bias))
+    lse_obs = _last_dim_contiguous(lse_obs.float())
+    return tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)

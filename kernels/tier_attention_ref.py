@@ -73,6 +73,20 @@ def check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale
         raise ValueError(f"scale must be positive and finite, got {scale}")
 
 
+def check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start) -> None:
+    """ValueError naming the bad argument, for the public tier_attention_mass functions."""
+    if q_obs.dim() != 3 or k_new.dim() != 3:
+        raise ValueError(f"q_obs {tuple(q_obs.shape)} and k_new {tuple(k_new.shape)} must be 3-d")
+    hq, o, d = q_obs.shape
+    m = k_new.shape[1]
+    # tier_attention's checks with the observation queries standing in for the chunk.
+    check_tier_attention_args(q_obs, k_buf, k_buf, bias, ranges, k_new[:, :o], k_new[:, :o], scale)
+    _shape("k_new", k_new, (k_buf.shape[0], m, d))
+    _shape("lse_obs", lse_obs, (hq, o))
+    if not (0 <= int(obs_start) and int(obs_start) + o == m):
+        raise ValueError(f"obs_start {obs_start} + {o} observation queries != chunk length {m}")
+
+
 def gather_ranges(ranges: torch.Tensor, cap: int) -> torch.Tensor:
     """Slot indices of the half-open ``ranges`` [R, 2], concatenated in order -> int64 [T]."""
     rs = ranges.detach().to("cpu", torch.int64).tolist()
