@@ -1,0 +1,174 @@
+"""SSACache: a transformers ``Cache`` whose every layer is a fixed-size SSA state.
+
+Pass it as ``past_key_values`` to a model patched with :func:`ssa_code.patch`. Its GPU
+footprint (:meth:`SSACache.gpu_bytes`) is fixed at construction; only the off-GPU store
+(:meth:`SSACache.store_bytes`) grows with the context.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache
+
+from ssa_code.attention.anchors import PinnedSpans
+from ssa_code.attention.config import SSAConfig
+from ssa_code.attention.layer_state import SSALayer
+from ssa_code.attention.positions import default_far_distance, rope_parameters
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+STATE_FORMAT_VERSION = 1
+
+
+def model_fingerprint(model_config: Any) -> dict[str, Any]:
+    """What a cache must agree on with the model that fills it."""
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    rope = getattr(model_config, "rope_parameters", None) or {}
+    return {
+        "model_type": model_config.model_type,
+        "num_hidden_layers": int(model_config.num_hidden_layers),
+        "num_attention_heads": int(model_config.num_attention_heads),
+        "num_key_value_heads": int(getattr(model_config, "num_key_value_heads", None)
+                                   or model_config.num_attention_heads),
+        "head_dim": int(head_dim),
+        "hidden_size": int(model_config.hidden_size),
+        "rope_theta": float(rope.get("rope_theta", getattr(model_config, "rope_theta", 0.0)) or 0.0),
+    }
+
+
+def check_family(model_config: Any) -> None:
+    family = getattr(model_config, "model_type", None)
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(
+            f"model family {family!r} is not supported by SSA; supported: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+
+
+class SSACache(Cache):
+    """The Streaming Sparse Attention state of one sequence, for every layer.
+
+    Args:
+        model_config: the Hugging Face config of the model that will fill the cache.
+        ssa_config: tier sizes and knobs; defaults to ``SSAConfig()``.
+        device, dtype: allocate now (else on the first update, from the keys).
+    """
+
+    def __init__(self, model_config: Any, ssa_config: SSAConfig | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        check_family(model_config)
+        ssa_config = ssa_config if ssa_config is not None else SSAConfig()
+        if not isinstance(ssa_config, SSAConfig):
+            raise ValueError(f"ssa_config must be an SSAConfig, got {type(ssa_config).__name__}")
+        self.model_config = model_config
+        self.ssa_config = ssa_config
+        self.fingerprint = model_fingerprint(model_config)
+        self.num_kv_heads = self.fingerprint["num_key_value_heads"]
+        self.head_dim = self.fingerprint["head_dim"]
+        self.inv_freq, self.rope_scaling = rope_parameters(model_config)
+        self._inv_freq_dev: dict[torch.device, torch.Tensor] = {}
+        self.far_distance = ssa_config.far_distance or default_far_distance(
+            model_config, ssa_config.chunk_size, ssa_config.rebase_every)
+        self.pinned = PinnedSpans()
+        self.pinned_overflow = 0
+        self.track_sources = False
+        self._source_mass: torch.Tensor | None = None
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        if ssa_config.store == "disk":
+            self.store_dir = ssa_config.store_dir
+        else:
+            self.store_dir = None
+        layers = [SSALayer(self, i) for i in range(self.fingerprint["num_hidden_layers"])]
+        super().__init__(layers=layers)
+        if device is not None:
+            for layer in self.layers:
+                layer.allocate(torch.device(device), dtype or torch.float32)
+
+    # -- helpers used by the layers ---------------------------------------------------------
+
+    def inv_freq_on(self, device: torch.device) -> torch.Tensor:
+        t = self._inv_freq_dev.get(device)
+        if t is None:
+            t = self._inv_freq_dev[device] = self.inv_freq.to(device)
+        return t
+
+    def check_model(self, model_config: Any) -> None:
+        """Refuse a model whose shape differs from the one this cache was built for."""
+        theirs = model_fingerprint(model_config)
+        if theirs != self.fingerprint:
+            diff = {k: (self.fingerprint[k], theirs[k]) for k in theirs if theirs[k] != self.fingerprint.get(k)}
+            raise ValueError(f"this SSACache was built for another model configuration (cache vs model: {diff})")
+
+    # -- anchors ------------------------------------------------------------------------
+
+    def pin(self, start: int, end: int) -> None:
+        """Keep tokens ``[start, end)`` at full resolution (an anchor), within the pinned budget.
+
+        Pin before the tokens leave the window (the engine pins every anchor before prefill).
+        Tokens beyond the budget are counted in :attr:`pinned_overflow`.
+        """
+        if not (isinstance(start, int) and isinstance(end, int)) or start < 0 or end < start:
+            raise ValueError(f"pin span must satisfy 0 <= start <= end, got [{start!r}, {end!r})")
+        if start < self.get_seq_length() - self.ssa_config.window:
+            raise ValueError(f"pin span [{start}, {end}) starts before the window; pin anchors before prefill")
+        self.pinned.add(start, end)
+
+    # -- sources (citations) ------------------------------------------------------------
+
+    def add_source_mass(self, pos: torch.Tensor, mass: torch.Tensor, p0: int, mass_new: torch.Tensor) -> None:
+        """Accumulate attention mass per position block (``block_size`` tokens) for citations.
+
+        ``pos/mass [H, CAP]`` for the buffer slots, ``mass_new [H, M]`` for the chunk at ``p0``.
+        Kept apart from the fixed state: it grows by one float per block of context.
+        """
+        b = self.ssa_config.block_size
+        m = mass_new.shape[1]
+        n_blocks = (p0 + m + b - 1) // b
+        if self._source_mass is None or self._source_mass.device != pos.device:
+            self._source_mass = torch.zeros(n_blocks, dtype=torch.float32, device=pos.device)
+        elif self._source_mass.numel() < n_blocks:
+            grown = torch.zeros(max(n_blocks, 2 * self._source_mass.numel()), dtype=torch.float32, device=pos.device)
+            grown[: self._source_mass.numel()] = self._source_mass
+            self._source_mass = grown
+        valid = pos >= 0
+        self._source_mass.index_add_(0, (pos[valid] // b), mass[valid].float())
+        new_pos = torch.arange(p0, p0 + m, device=pos.device) // b
+        self._source_mass.index_add_(0, new_pos, mass_new.float().sum(0))
+
+    def source_mass(self) -> torch.Tensor:
+        """``[ceil(T / block_size)]`` float32 (CPU): attention mass per position block since tracking began."""
+        n = (self.get_seq_length() + self.ssa_config.block_size - 1) // self.ssa_config.block_size
+        out = torch.zeros(n, dtype=torch.float32)
+        if self._source_mass is not None:
+            k = min(n, self._source_mass.numel())
+            out[:k] = self._source_mass[:k].cpu()
+        return out
+
+    def reset_source_mass(self) -> None:
+        self._source_mass = None
+
+    # -- accounting ---------------------------------------------------------------------
+
+    def gpu_bytes(self) -> int:
+        """Bytes of the fixed-size SSA state (on the accelerator, or on CPU when run there)."""
+        total = 0
+        for layer in self.layers:
+            if layer.is_initialized:
+                total += sum(t.numel() * t.element_size() for t in layer.fixed_tensors())
+        return total
+
+    def store_bytes(self) -> int:
+        """Bytes of full-resolution blocks held off the GPU (0 with ``store='none'``)."""
+        return sum(layer.store.nbytes() for layer in self.layers if layer.is_initialized)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].seen if self.layers else 0
+
+    def close(self) -> None:
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.store.close()

@@ -1,0 +1,168 @@
+"""SSAConfig: the sizes of every tier of the Streaming Sparse Attention state, validated.
+
+All sizes are per layer and per KV head, in tokens unless named otherwise. The state
+they describe is allocated once and never grows, so GPU memory stays constant however
+long the context gets (see ``docs/INTERFACES.md`` and ``../shared/DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+StoreKind = Literal["host", "disk", "none"]
+KernelChoice = Literal["auto", "triton", "torch"]
+
+
+@dataclass(frozen=True)
+class SSAConfig:
+    """Sizes and knobs of the SSA cache.
+
+    Tiers (DESIGN.md, "The SSA state"):
+        sinks: first tokens of the sequence, never evicted.
+        pinned: budget for spans the caller pins (file headers, repository map, question);
+            overflow is counted and reported by ``SSACache.pinned_overflow``.
+        heavy: tokens with the highest accumulated, decayed attention mass (H2O-style).
+        window: the most recent tokens at full resolution; tokens leave it a block at a time.
+        summaries: slots holding (mean key, mean value, count n) of evicted spans, attended
+            with logit ``q.k + log n``; when full, the older half merges pairwise.
+        index_size: entries (one representative key per evicted block) scored for retrieval;
+            when full, the older half merges pairwise into coarser entries.
+        top_k: blocks fetched at full resolution from the store for each query chunk.
+        block_size: tokens per evicted block (the unit of storage, indexing and retrieval).
+
+    Scoring:
+        threshold: a block takes part only if its softmax share among the index entries
+            (per KV head) is at least this; 0 keeps the top_k best. A learned threshold can
+            replace it later.
+
+    Heavy hitters:
+        heavy_half_life: tokens of progress after which accumulated mass counts half.
+        observe: last queries of each prefill chunk whose attention mass is accumulated
+            (an observation window, as in SnapKV); every decode query is observed.
+
+    Positions (InfLLM-style, see ``positions.py``):
+        far_distance: the largest query-key distance a far-tier key is shown at; farther
+            keys are re-rotated to exactly this distance. ``None`` derives it from the
+            model's trained range (``max_position_embeddings``) minus one chunk and one
+            rebase step, so that nothing is re-rotated while the context fits that range.
+        rebase_every: during decode, far keys are re-rotated once per this many tokens.
+
+    Engine:
+        chunk_size: prefill chunk length (queries per forward).
+        decode_refresh: during decode, blocks are re-scored and re-fetched once per this
+            many tokens (1 = every token).
+        store: where full-resolution evicted blocks live: host RAM, a disk memmap under
+            ``store_dir``, or nowhere (store-free mode: no retrieval).
+        kernels: ``auto`` uses Triton on CUDA and the PyTorch reference elsewhere.
+    """
+
+    sinks: int = 64
+    pinned: int = 4096
+    heavy: int = 1024
+    window: int = 4096
+    summaries: int = 1024
+    block_size: int = 64
+    index_size: int = 16384
+    top_k: int = 32
+    threshold: float = 0.0
+    heavy_half_life: int = 4096
+    observe: int = 64
+    far_distance: int | None = None
+    rebase_every: int = 256
+    chunk_size: int = 4096
+    decode_refresh: int = 1
+    store: StoreKind = "host"
+    store_dir: str | None = None
+    kernels: KernelChoice = "auto"
+
+    def __post_init__(self) -> None:
+        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k")
+        positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
+                    "rebase_every", "chunk_size", "decode_refresh")
+        for name in nonneg:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"SSAConfig.{name} must be an integer >= 0, got {value!r}")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"SSAConfig.{name} must be an integer > 0, got {value!r}")
+        if self.window < self.block_size:
+            raise ValueError(
+                f"SSAConfig.window must be at least block_size ({self.block_size}), got {self.window!r}"
+            )
+        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold < 1.0
+                and math.isfinite(self.threshold)):
+            raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
+        if self.far_distance is not None and (
+            not isinstance(self.far_distance, int) or self.far_distance <= 0
+        ):
+            raise ValueError(f"SSAConfig.far_distance must be a positive integer or None, got {self.far_distance!r}")
+        if self.store not in ("host", "disk", "none"):
+            raise ValueError(f"SSAConfig.store must be one of 'host', 'disk', 'none', got {self.store!r}")
+        if self.store == "disk" and not self.store_dir:
+            raise ValueError("SSAConfig.store_dir must name a folder when store='disk', got None")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise ValueError(f"SSAConfig.kernels must be one of 'auto', 'triton', 'torch', got {self.kernels!r}")
+
+    # -- derived sizes -------------------------------------------------------------------
+
+    @property
+    def staging(self) -> int:
+        """Slots for full-resolution blocks fetched for the current query (top_k blocks)."""
+        return self.top_k * self.block_size if self.store != "none" else 0
+
+    @property
+    def ring(self) -> int:
+        """Window ring capacity: eviction is block-aligned, so the ring holds up to window + block - 1."""
+        return self.window + self.block_size
+
+    @property
+    def capacity(self) -> int:
+        """Slots of the per-layer tier buffer (every tier at full resolution)."""
+        return self.sinks + self.pinned + self.heavy + self.summaries + self.staging + self.ring
+
+    def exact_tokens(self) -> int:
+        """Context length up to which SSA attends to every token at full resolution.
+
+        Past ``sinks + window`` blocks leave the window; with a store they are all
+        retrieved while they number at most ``top_k`` (and ``threshold`` is 0).
+        """
+        extra = self.top_k * self.block_size if self.store != "none" else 0
+        return self.sinks + self.window + extra
+
+    # -- presets ---------------------------------------------------------------------
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "SSAConfig":
+        """A named preset, optionally with fields overridden.
+
+        - ``default``: the sizes of DESIGN.md (7B-class model, about 1 GiB of state per 28 layers).
+        - ``small``: a few hundred tokens per tier, for CPU tests and the tiny model.
+        - ``exact``: large window and retrieval budget: exact up to about 32K tokens.
+        - ``streaming``: sinks + window only (StreamingLLM baseline).
+        - ``h2o``: sinks + heavy hitters + window (H2O baseline).
+        - ``infllm``: sinks + window + retrieval, no summaries or heavy hitters (InfLLM-like).
+        """
+        presets: dict[str, dict[str, Any]] = {
+            "default": {},
+            "small": dict(sinks=16, pinned=256, heavy=64, window=256, summaries=64, block_size=16,
+                          index_size=1024, top_k=8, observe=16, chunk_size=256, rebase_every=64,
+                          heavy_half_life=512),
+            "exact": dict(window=16384, top_k=256, pinned=4096),
+            "streaming": dict(pinned=0, heavy=0, summaries=0, top_k=0, store="none"),
+            "h2o": dict(pinned=0, summaries=0, top_k=0, store="none"),
+            "infllm": dict(pinned=0, heavy=0, summaries=0),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown SSAConfig preset {name!r}; choose one of {', '.join(sorted(presets))}")
+        return dataclasses.replace(cls(), **{**presets[name], **overrides})
+
+    def replace(self, **changes: Any) -> "SSAConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

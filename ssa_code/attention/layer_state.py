@@ -1,0 +1,432 @@
+"""One layer's SSA state: every tier in one fixed-size buffer, and the step that runs it.
+
+Layout of the tier buffer (slots, per KV head; sizes from :class:`SSAConfig`)::
+
+    [ sinks | pinned | heavy | summaries | staging | window ring ]
+      far tiers: keys kept un-rotated too (k_raw)  | keys at true positions
+
+- ``k, v [H, CAP, D]``: what attention reads (keys rotated to their effective positions);
+- ``k_raw [H, WIN, D]``: un-rotated keys of the far tiers, so re-rotation never compounds
+  rounding error;
+- ``pos [H, CAP]``: true position of each slot (``-1`` empty); ``eff [H, WIN]``: the
+  position a far key is currently rotated to;
+- ``bias [H, CAP]``: ``log n`` for summaries, ``0`` for tokens, ``-inf`` for empty or
+  masked slots; ``mass [H, CAP]``: accumulated, decayed attention mass.
+
+A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
+
+1. re-rotate far keys if the chunk moved their effective positions (``positions.py``);
+2. score the index and stage the chosen blocks from the store (``scoring.py``, ``store.py``);
+3. attend over the occupied ranges of the buffer plus the chunk itself, causally
+   (``ssa_code.kernels.tier_attention``);
+4. accumulate the observation window's attention mass (heavy hitters, citations);
+5. commit the chunk to the window; whole blocks that fall out of it go to the store, the
+   index, the summaries, the pinned tier or the heavy hitters (``consolidation.py``,
+   ``anchors.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.cache_utils import CacheLayerMixin
+
+from ssa_code.attention import handoff
+from ssa_code.attention.anchors import PinnedSpans, select_heavy_hitters
+from ssa_code.attention.config import SSAConfig
+from ssa_code.attention.consolidation import Consolidated
+from ssa_code.attention.positions import effective_positions, rotate
+from ssa_code.attention.scoring import select_blocks
+from ssa_code.attention.store import BlockStore, make_store
+
+if TYPE_CHECKING:
+    from ssa_code.attention.cache import SSACache
+
+NEG_INF = float("-inf")
+
+
+class SSALayer(CacheLayerMixin):
+    """The SSA state of one attention layer (batch size 1)."""
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, cache: "SSACache", layer_idx: int) -> None:
+        super().__init__()
+        self.cache = cache
+        self.cfg: SSAConfig = cache.ssa_config
+        self.layer_idx = layer_idx
+        self.heads = cache.num_kv_heads
+        self.dim = cache.head_dim
+        cfg = self.cfg
+        # Segment offsets in the tier buffer.
+        self.SINK = 0
+        self.PIN = cfg.sinks
+        self.HEAVY = self.PIN + cfg.pinned
+        self.SUMM = self.HEAVY + cfg.heavy
+        self.STAGE = self.SUMM + cfg.summaries
+        self.WIN = self.STAGE + cfg.staging
+        self.CAP = self.WIN + cfg.ring
+        self.seen = 0
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.device: torch.device | None = None
+
+    # -- allocation -----------------------------------------------------------------------
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.allocate(key_states.device, key_states.dtype)
+
+    def allocate(self, device: torch.device, dtype: torch.dtype) -> None:
+        cfg, h, d = self.cfg, self.heads, self.dim
+        self.device, self.dtype = torch.device(device), dtype
+        self.k = torch.zeros(h, self.CAP, d, dtype=dtype, device=device)
+        self.v = torch.zeros(h, self.CAP, d, dtype=dtype, device=device)
+        self.k_raw = torch.zeros(h, self.WIN, d, dtype=dtype, device=device)
+        self.pos = torch.full((h, self.CAP), -1, dtype=torch.int64, device=device)
+        self.eff = torch.full((h, self.WIN), -1, dtype=torch.int64, device=device)
+        self.bias = torch.full((h, self.CAP), NEG_INF, dtype=torch.float32, device=device)
+        self.mass = torch.zeros(h, self.CAP, dtype=torch.float32, device=device)
+        self.summaries = Consolidated(cfg.summaries, h, d, self.device, dtype, with_values=True)
+        self.index = Consolidated(cfg.index_size if cfg.store != "none" else 0, h, d, self.device, dtype,
+                                  with_values=False, pos_offset=cfg.sinks, pos_scale=cfg.block_size)
+        self.index_rot = torch.zeros(h, self.index.capacity, d, dtype=dtype, device=device)
+        self.store: BlockStore = make_store(cfg.store, h, cfg.block_size, d, dtype, self.device,
+                                            self.cache.store_dir, self.layer_idx)
+        self.n_sink = self.n_pin = self.n_heavy = self.n_stage = 0
+        self.frontier = cfg.sinks  # first position still in the window (block grid starts at sinks)
+        self.floor = 0  # far keys are shown at positions >= floor (0: true positions)
+        self.staged_ids: torch.Tensor | None = None
+        self.steps_since_refresh = 0
+        self._ranges_key: tuple[int, ...] | None = None
+        self._ranges: torch.Tensor | None = None
+        self.is_initialized = True
+
+    def fixed_tensors(self) -> list[torch.Tensor]:
+        tensors = [self.k, self.v, self.k_raw, self.pos, self.eff, self.bias, self.mass, self.index_rot,
+                   self.summaries.key, self.summaries.value, self.summaries.count, self.summaries.lo,
+                   self.summaries.hi, self.summaries.pos, self.index.key, self.index.count, self.index.lo,
+                   self.index.hi, self.index.pos]
+        return [t for t in tensors if t is not None]
+
+    # -- transformers Cache layer API ---------------------------------------------------
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Hold the chunk's keys and values for the attention function (``integration.py``).
+
+        The chunk is committed to the state by :meth:`attend`, which needs the queries.
+        """
+        if key_states.shape[0] != 1:
+            raise ValueError(f"SSACache holds one sequence; got batch size {key_states.shape[0]}")
+        if key_states.shape[1] != self.heads or key_states.shape[-1] != self.dim:
+            raise ValueError(
+                f"SSACache was built for {self.heads} KV heads of dim {self.dim}, got keys of shape "
+                f"{tuple(key_states.shape)}: the cache belongs to another model configuration"
+            )
+        if self.pending is not None:
+            raise RuntimeError(
+                "SSACache.update was called twice without attention in between: the model is not "
+                "patched with ssa_code.patch(model, ssa_config)"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.pending = (key_states[0], value_states[0])
+        handoff.hand_off(self, key_states)
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        if self.is_initialized:
+            self.store.close()
+            self.allocate(self.device, self.dtype)
+        self.seen = 0
+        self.pending = None
+
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def attend(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """Attention of the pending chunk, then commit it.
+
+        Args:
+            q: ``[Hq, M, D]`` queries rotated at positions ``seen .. seen + M - 1``.
+        Returns ``[Hq, M, D]``.
+        """
+        from ssa_code.kernels import tier_attention, tier_attention_mass
+
+        assert self.pending is not None
+        k_new, v_new = self.pending
+        self.pending = None
+        m = q.shape[1]
+        p0 = self.seen
+        self._rebase(p0, m)
+        self._stage(q, scale, decode=m == 1)
+        ranges = self._occupied_ranges()
+        out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale)
+        obs = min(m, self.cfg.observe)
+        mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
+                                                 lse[:, m - obs:], scale, m - obs)
+        decay = 0.5 ** (m / self.cfg.heavy_half_life)
+        self.mass.mul_(decay).add_(mass_buf)
+        if self.cache.track_sources:
+            self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        self._commit(k_new, v_new, mass_new, p0)
+        return out
+
+    # -- 1. positions -----------------------------------------------------------------------
+
+    def _rebase(self, p0: int, m: int) -> None:
+        """Move far keys so no query of this chunk sees one farther than ``far_distance``."""
+        far = self.cache.far_distance
+        if m == 1:
+            # Decode: re-place once per rebase_every tokens, not every token.
+            ref = p0 - p0 % self.cfg.rebase_every
+        else:
+            ref = p0
+        floor = max(0, ref - far)
+        if floor == self.floor:
+            return
+        self.floor = floor
+        w = self.WIN
+        target = effective_positions(self.pos[:, :w], floor + far, far)
+        changed = target != self.eff
+        if bool(changed.any()):
+            idx = changed.nonzero(as_tuple=True)
+            self.k[:, :w][idx] = rotate(self.k_raw[idx], target[idx], self.cache.inv_freq_on(self.device))
+            self.eff[idx] = target[idx]
+        n = self.index.n
+        if n:
+            self.index_rot[:, :n] = rotate(self.index.key[:, :n], self._eff(self.index.pos[:n]).expand(self.heads, n),
+                                           self.cache.inv_freq_on(self.device))
+
+    def _eff(self, pos: torch.Tensor) -> torch.Tensor:
+        return effective_positions(pos, self.floor + self.cache.far_distance, self.cache.far_distance)
+
+    def _write_far(self, start: int, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                   bias: torch.Tensor | float, mass: torch.Tensor | float = 0.0) -> None:
+        """Write ``n`` far-tier slots from ``start``: ``k_raw, v [H, n, D]``, ``pos [H, n]``."""
+        n = k_raw.shape[1]
+        if n == 0:
+            return
+        sl = slice(start, start + n)
+        eff = self._eff(pos)
+        self.k_raw[:, sl] = k_raw.to(self.dtype)
+        self.k[:, sl] = rotate(k_raw, eff, self.cache.inv_freq_on(self.device)).to(self.dtype)
+        self.v[:, sl] = v.to(self.dtype)
+        self.pos[:, sl] = pos
+        self.eff[:, sl] = eff
+        self.bias[:, sl] = bias
+        self.mass[:, sl] = mass
+
+    # -- 2. relevance scoring and staging ---------------------------------------------------
+
+    def _stage(self, q: torch.Tensor, scale: float, decode: bool) -> None:
+        cfg = self.cfg
+        n_idx = self.index.n
+        if cfg.staging == 0 or n_idx == 0:
+            return
+        if decode and self.staged_ids is not None:
+            self.steps_since_refresh += 1
+            if self.steps_since_refresh < cfg.decode_refresh:
+                return
+        self.steps_since_refresh = 0
+        from ssa_code.kernels import score_blocks
+
+        scores = score_blocks(q, self.index_rot, n_idx, scale)
+        ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
+        if self.staged_ids is not None and torch.equal(ids, self.staged_ids):
+            return
+        self.staged_ids = ids
+        self._fetch(ids)
+
+    def _fetch(self, ids: torch.Tensor) -> None:
+        """Copy blocks ``ids [H, K]`` (``-1`` = none) from the store into the staging tier."""
+        cfg, h, b = self.cfg, self.heads, self.cfg.block_size
+        valid = ids >= 0
+        k_blk, v_blk = self.store.fetch(ids.clamp(min=0), self.device)  # [H, K, B, D]
+        kk = ids.shape[1]
+        ids_dev = ids.to(self.device)
+        pos = (cfg.sinks + ids_dev.clamp(min=0)[:, :, None] * b
+               + torch.arange(b, device=self.device)).reshape(h, kk * b)
+        keep = valid.to(self.device)[:, :, None].expand(h, kk, b).reshape(h, kk * b)
+        # A token already held in full by the pinned or heavy tier must not count twice.
+        keep &= ~self._held_elsewhere(pos)
+        bias = torch.where(keep, 0.0, NEG_INF)
+        pos = torch.where(keep, pos, torch.full_like(pos, -1))
+        self._write_far(self.STAGE, k_blk.reshape(h, kk * b, -1), v_blk.reshape(h, kk * b, -1), pos, bias)
+        self.n_stage = kk * b
+        self._mask_covered_summaries(ids)
+
+    def _held_elsewhere(self, pos: torch.Tensor) -> torch.Tensor:
+        """``pos [H, n]`` -> mask of positions present in this head's pinned or heavy slots."""
+        held = torch.cat([self.pos[:, self.PIN:self.PIN + self.n_pin],
+                          self.pos[:, self.HEAVY:self.HEAVY + self.n_heavy]], dim=1)
+        if held.shape[1] == 0:
+            return torch.zeros_like(pos, dtype=torch.bool)
+        # Per-head membership in one isin call: offset each head's values apart.
+        span = int(self.seen) + 1
+        offs = torch.arange(self.heads, device=self.device)[:, None] * span
+        return torch.isin(pos + offs, held + offs).reshape(pos.shape)
+
+    def _mask_covered_summaries(self, ids: torch.Tensor) -> None:
+        """Summaries whose span holds a staged block would count those tokens twice: mask them."""
+        n = self.summaries.n
+        if n == 0:
+            return
+        b, s0 = self.cfg.block_size, self.cfg.sinks
+        log_n = self.summaries.count[:n].log()
+        ids_dev = ids.to(self.device)
+        start = torch.where(ids_dev >= 0, s0 + ids_dev * b, torch.full_like(ids_dev, -1))  # [H, K]
+        lo, hi = self.summaries.lo[:n], self.summaries.hi[:n]
+        covered = ((start[:, None, :] >= lo[None, :, None]) & (start[:, None, :] < hi[None, :, None])).any(-1)
+        self.bias[:, self.SUMM:self.SUMM + n] = torch.where(covered, NEG_INF, log_n[None, :])
+
+    # -- 3. ranges --------------------------------------------------------------------------
+
+    def _occupied_ranges(self) -> torch.Tensor:
+        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
+        key = (self.n_sink, self.n_pin, self.n_heavy, self.summaries.n, self.n_stage, ring_used)
+        if key != self._ranges_key:
+            spans = [(self.SINK, self.SINK + self.n_sink), (self.PIN, self.PIN + self.n_pin),
+                     (self.HEAVY, self.HEAVY + self.n_heavy), (self.SUMM, self.SUMM + self.summaries.n),
+                     (self.STAGE, self.STAGE + self.n_stage), (self.WIN, self.WIN + ring_used)]
+            spans = [s for s in spans if s[1] > s[0]]
+            self._ranges = torch.tensor(spans, dtype=torch.int32, device=self.device).reshape(-1, 2)
+            self._ranges_key = key
+        return self._ranges
+
+    # -- 5. commit and evict ----------------------------------------------------------------
+
+    def _commit(self, k_new: torch.Tensor, v_new: torch.Tensor, mass_new: torch.Tensor, p0: int) -> None:
+        """Place the chunk (``[H, M, D]`` at positions ``p0 ..``) and evict whole blocks."""
+        cfg = self.cfg
+        m = k_new.shape[1]
+        inv = self.cache.inv_freq_on(self.device)
+        # Sinks: the first tokens of the sequence.
+        ns = max(0, min(cfg.sinks - p0, m))
+        if ns:
+            pos = torch.arange(p0, p0 + ns, device=self.device).expand(self.heads, ns)
+            self._write_far(self.SINK + p0, rotate(k_new[:, :ns], -pos, inv), v_new[:, :ns], pos, 0.0,
+                            mass_new[:, :ns])
+            self.n_sink = p0 + ns
+        seen_new = p0 + m
+        span = seen_new - cfg.window - cfg.sinks
+        new_frontier = cfg.sinks + (span // cfg.block_size) * cfg.block_size if span > 0 else cfg.sinks
+        new_frontier = max(new_frontier, self.frontier)
+        if new_frontier > self.frontier:
+            self._evict(self.frontier, new_frontier, k_new, v_new, mass_new, p0)
+        # Window: chunk tokens at positions >= max(frontier, sinks).
+        first = max(new_frontier, p0 + ns)
+        if first < seen_new:
+            rel = torch.arange(first - p0, m, device=self.device)
+            slots = self.WIN + (rel + p0 - cfg.sinks) % cfg.ring
+            self.k[:, slots] = k_new[:, rel]
+            self.v[:, slots] = v_new[:, rel]
+            self.pos[:, slots] = (rel + p0).expand(self.heads, -1)
+            self.bias[:, slots] = 0.0
+            self.mass[:, slots] = mass_new[:, rel]
+        self.frontier = new_frontier
+        self.seen = seen_new
+
+    def _evict(self, lo: int, hi: int, k_new: torch.Tensor, v_new: torch.Tensor, mass_new: torch.Tensor,
+               p0: int) -> None:
+        """Positions ``[lo, hi)`` (whole blocks) leave the window."""
+        cfg, h, b = self.cfg, self.heads, self.cfg.block_size
+        dev = self.device
+        parts_k, parts_v, parts_m = [], [], []
+        ring_hi = min(hi, p0)
+        if ring_hi > lo:
+            slots = self.WIN + (torch.arange(lo, ring_hi, device=dev) - cfg.sinks) % cfg.ring
+            parts_k.append(self.k[:, slots])
+            parts_v.append(self.v[:, slots])
+            parts_m.append(self.mass[:, slots])
+            self.pos[:, slots] = -1
+            self.bias[:, slots] = NEG_INF
+            self.mass[:, slots] = 0.0
+        if hi > p0:
+            rel = slice(max(lo, p0) - p0, hi - p0)
+            parts_k.append(k_new[:, rel])
+            parts_v.append(v_new[:, rel])
+            parts_m.append(mass_new[:, rel])
+        k_rot = torch.cat(parts_k, dim=1)
+        v = torch.cat(parts_v, dim=1)
+        mass = torch.cat(parts_m, dim=1)
+        e = hi - lo
+        pos = torch.arange(lo, hi, device=dev)
+        k_raw = rotate(k_rot, -pos.expand(h, e), self.cache.inv_freq_on(dev))
+        nb = e // b
+        first_block = (lo - cfg.sinks) // b
+        blocks_k = k_raw.view(h, nb, b, -1)
+        blocks_v = v.view(h, nb, b, -1)
+        # Store and index: the full-resolution blocks and one mean key per block.
+        self.store.append(blocks_k, blocks_v)
+        ids = torch.arange(first_block, first_block + nb, device=dev)
+        if self.index.capacity:
+            merged = self.index.add(blocks_k.float().mean(2), None, torch.ones(nb, device=dev), ids, ids + 1)
+            start = 0 if merged else self.index.n - nb
+            n = self.index.n
+            self.index_rot[:, start:n] = rotate(self.index.key[:, start:n],
+                                                self._eff(self.index.pos[start:n]).expand(h, n - start),
+                                                self.cache.inv_freq_on(dev))
+        # Consolidation: one summary per block, merged progressively when the slots are full.
+        if self.summaries.capacity:
+            self.summaries.add(blocks_k.float().mean(2), blocks_v.float().mean(2),
+                               torch.full((nb,), float(b), device=dev), pos.view(nb, b)[:, 0],
+                               pos.view(nb, b)[:, 0] + b)
+            self._write_summaries()
+        # Anchors: pinned spans keep their tokens; the rest compete for the heavy-hitter tier.
+        pinned = self.cache.pinned.contains(pos)
+        if bool(pinned.any()):
+            sel = pinned.nonzero().squeeze(1)
+            room = self.cfg.pinned - self.n_pin
+            take = sel[:room]
+            self.cache.pinned_overflow += int(sel.numel() - take.numel())
+            if take.numel():
+                self._write_far(self.PIN + self.n_pin, k_raw[:, take], v[:, take], pos[take].expand(h, -1), 0.0,
+                                mass[:, take])
+                self.n_pin += int(take.numel())
+        if self.cfg.heavy:
+            cand = (~pinned).nonzero().squeeze(1)
+            if cand.numel():
+                self._update_heavy(k_raw[:, cand], v[:, cand], pos[cand].expand(h, -1), mass[:, cand])
+
+    def _write_summaries(self) -> None:
+        n = self.summaries.n
+        if n == 0:
+            return
+        pos = self.summaries.pos[:n].expand(self.heads, n)
+        self._write_far(self.SUMM, self.summaries.key[:, :n], self.summaries.value[:, :n], pos,
+                        self.summaries.count[:n].log()[None, :].expand(self.heads, n))
+        # Fresh summary biases must still exclude the spans of the blocks staged now.
+        if self.staged_ids is not None:
+            self._mask_covered_summaries(self.staged_ids)
+
+    def _update_heavy(self, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor) -> None:
+        """Keep the ``heavy`` tokens of highest mass among current heavy hitters and the candidates."""
+        n = self.n_heavy
+        sl = slice(self.HEAVY, self.HEAVY + n)
+        keep = select_heavy_hitters(self.mass[:, sl], mass, self.cfg.heavy)  # [H, K]
+        all_k = torch.cat([self.k_raw[:, sl], k_raw.to(self.dtype)], dim=1)
+        all_v = torch.cat([self.v[:, sl], v.to(self.dtype)], dim=1)
+        all_p = torch.cat([self.pos[:, sl], pos], dim=1)
+        all_m = torch.cat([self.mass[:, sl], mass], dim=1)
+        d = all_k.shape[-1]
+        idx3 = keep[:, :, None].expand(-1, -1, d)
+        self._write_far(self.HEAVY, all_k.gather(1, idx3), all_v.gather(1, idx3), all_p.gather(1, keep), 0.0,
+                        all_m.gather(1, keep))
+        self.n_heavy = keep.shape[1]
+        # Tokens that left the heavy tier may sit masked in a staged block: re-stage next step.
+        self.staged_ids = None
+

@@ -1,0 +1,179 @@
+"""The off-GPU store: full-resolution keys and values of every block that left the window.
+
+One store per layer. Blocks are appended in order (block ``j`` covers positions
+``sinks + j * B ... sinks + (j + 1) * B - 1``) and fetched by id when relevance scoring
+selects them. Keys are stored un-rotated (see ``positions.py``).
+
+- ``HostStore``: pages of host RAM (page-locked on CUDA so fetches can overlap compute).
+- ``DiskStore``: pages of a memory-mapped file per layer under ``store_dir``.
+- ``NoStore``: keeps nothing; SSA then runs store-free (no retrieval).
+
+Pages hold ``PAGE_BLOCKS`` blocks each, so the store grows without ever copying what it
+already holds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAGE_BLOCKS = 256
+
+
+class BlockStore:
+    """Interface of a per-layer block store: ``[H, B, D]`` keys and values per block."""
+
+    def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
+        self.heads, self.block, self.dim, self.dtype = heads, block, dim, dtype
+        self.num_blocks = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append ``n`` blocks: ``k, v [H, n, B, D]`` (any device)."""
+        raise NotImplementedError
+
+    def fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``ids [H, K]`` (per head) -> ``k, v [H, K, B, D]`` on ``device``."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        return 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """All blocks as CPU tensors ``[H, N, B, D]`` (for saving the state)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class NoStore(BlockStore):
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.num_blocks += k.shape[1]
+
+    def fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("store='none' keeps no blocks to fetch")
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class _PagedStore(BlockStore):
+    """Pages of ``[PAGE_BLOCKS, H, B, D]`` for keys and for values."""
+
+    def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
+        super().__init__(heads, block, dim, dtype)
+        self.k_pages: list[torch.Tensor] = []
+        self.v_pages: list[torch.Tensor] = []
+
+    def _new_page(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        n = k.shape[1]
+        # [H, n, B, D] -> [n, H, B, D]: a block is one contiguous run in its page.
+        k = k.transpose(0, 1).to("cpu", non_blocking=False)
+        v = v.transpose(0, 1).to("cpu", non_blocking=False)
+        done = 0
+        while done < n:
+            page, slot = divmod(self.num_blocks, PAGE_BLOCKS)
+            if page == len(self.k_pages):
+                kp, vp = self._new_page()
+                self.k_pages.append(kp)
+                self.v_pages.append(vp)
+            take = min(n - done, PAGE_BLOCKS - slot)
+            self.k_pages[page][slot:slot + take].copy_(k[done:done + take])
+            self.v_pages[page][slot:slot + take].copy_(v[done:done + take])
+            done += take
+            self.num_blocks += take
+
+    def fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        heads, kk = ids.shape
+        ids_cpu = ids.to("cpu", torch.int64)
+        if kk and (int(ids_cpu.max()) >= self.num_blocks or int(ids_cpu.min()) < 0):
+            raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
+        k_out = torch.empty(heads, kk, self.block, self.dim, dtype=self.dtype)
+        v_out = torch.empty_like(k_out)
+        head_idx = torch.arange(heads)[:, None].expand(heads, kk)
+        pages = ids_cpu // PAGE_BLOCKS
+        for page in torch.unique(pages).tolist():
+            sel = pages == page
+            slots = ids_cpu[sel] % PAGE_BLOCKS
+            h = head_idx[sel]
+            # Advanced indexing gathers block `slot` of head `h`: [n_sel, B, D].
+            k_out[sel] = self.k_pages[page][slots, h]
+            v_out[sel] = self.v_pages[page][slots, h]
+        if device.type == "cuda":
+            k_out, v_out = k_out.pin_memory(), v_out.pin_memory()
+        return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
+
+    def nbytes(self) -> int:
+        per_block = 2 * self.heads * self.block * self.dim * torch.empty((), dtype=self.dtype).element_size()
+        return self.num_blocks * per_block
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if self.num_blocks == 0:
+            empty = torch.empty(self.heads, 0, self.block, self.dim, dtype=self.dtype)
+            return {"k": empty, "v": empty.clone()}
+        k = torch.cat(self.k_pages)[: self.num_blocks].transpose(0, 1).contiguous()
+        v = torch.cat(self.v_pages)[: self.num_blocks].transpose(0, 1).contiguous()
+        return {"k": k, "v": v}
+
+
+class HostStore(_PagedStore):
+    def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype, pin: bool = False) -> None:
+        super().__init__(heads, block, dim, dtype)
+        self.pin = pin
+
+    def _new_page(self) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (PAGE_BLOCKS, self.heads, self.block, self.dim)
+        return (torch.empty(shape, dtype=self.dtype, pin_memory=self.pin),
+                torch.empty(shape, dtype=self.dtype, pin_memory=self.pin))
+
+
+class DiskStore(_PagedStore):
+    """Pages are memory-mapped files ``<dir>/layer<L>.<k|v>.<page>.bin``, removed on close."""
+
+    def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype, directory: str | os.PathLike,
+                 layer: int) -> None:
+        super().__init__(heads, block, dim, dtype)
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.layer = layer
+        self._files: list[Path] = []
+
+    def _new_page(self) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (PAGE_BLOCKS, self.heads, self.block, self.dim)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        pair = []
+        for kind in ("k", "v"):
+            path = self.dir / f"layer{self.layer}.{kind}.{len(self.k_pages)}.bin"
+            mm = np.memmap(path, dtype=np.uint8 if itemsize == 1 else {2: np.int16, 4: np.int32, 8: np.int64}[itemsize],
+                           mode="w+", shape=shape)
+            self._files.append(path)
+            pair.append(torch.from_numpy(mm).view(self.dtype))
+        return pair[0], pair[1]
+
+    def close(self) -> None:
+        self.k_pages.clear()
+        self.v_pages.clear()
+        for path in self._files:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self._files.clear()
+
+
+def make_store(kind: str, heads: int, block: int, dim: int, dtype: torch.dtype, device: torch.device,
+               directory: str | None, layer: int) -> BlockStore:
+    if kind == "none":
+        return NoStore(heads, block, dim, dtype)
+    if kind == "host":
+        return HostStore(heads, block, dim, dtype, pin=device.type == "cuda")
+    if kind == "disk":
+        assert directory is not None
+        return DiskStore(heads, block, dim, dtype, directory, layer)
+    raise ValueError(f"unknown store {kind!r}")
