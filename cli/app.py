@@ -41,7 +41,10 @@ _register()
 def main() -> None:
     """Console-script entry point."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as exc:
         print(f"ssa-code: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -55,10 +58,18 @@ def main() -> None:
     except Exception as exc:  # click's own usage errors arrive here in standalone_mode=False
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer >= 0.24 vendors click as typer._click: its exceptions are not click's classes.
+        exc_mods = [click.exceptions]
+        try:
+            from typer._click import exceptions as typer_click_exceptions
+
+            exc_mods.append(typer_click_exceptions)
+        except ImportError:
+            pass
+        if any(isinstance(exc, m.ClickException) for m in exc_mods):
             exc.show(file=sys.stderr)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if any(isinstance(exc, getattr(m, "Abort", ())) for m in exc_mods):
             print("ssa-code: aborted", file=sys.stderr)
             sys.exit(130)
         raise

@@ -225,13 +225,22 @@ def order_files(graph: RepoGraph, question: Optional[str] = None, max_focus: int
         max_focus: at most this many files move to the end.
     """
     seeds = question_seeds(question, graph) if question else {}
-    relevance = pagerank(graph.paths, graph.weights, seeds or None)
+    if seeds:
+        # For a question both directions matter: what the named code uses and what uses it.
+        weights: dict[tuple[str, str], float] = dict(graph.weights)
+        for (src, dst), w in graph.weights.items():
+            weights[(dst, src)] = weights.get((dst, src), 0.0) + 0.5 * w
+        relevance = pagerank(graph.paths, dict(sorted(weights.items())), seeds)
+    else:
+        relevance = pagerank(graph.paths, graph.weights)
     base = dependency_order(graph.paths, graph.deps)
     focus: list[str] = []
     if seeds:
         # Every seed, then the files the ranking puts next to them, up to max_focus.
         k = min(max_focus, max(len(seeds), 1) + 3, len(graph.paths))
-        ranked = sorted(graph.paths, key=lambda p: (-(p in seeds), -relevance[p], p))
+        # Files unreachable from the seeds score 0 and never join the focus.
+        ranked = [p for p in sorted(graph.paths, key=lambda p: (-(p in seeds), -relevance[p], p))
+                  if p in seeds or relevance[p] > 0]
         focus = sorted(ranked[:k], key=lambda p: (relevance[p] + (1.0 if p in seeds else 0.0), p))
         tail = set(focus)
         base = [p for p in base if p not in tail] + focus
