@@ -10,6 +10,10 @@ only when a kernel is first used, so importing this package never needs a workin
     mass_buf, mass_new = tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
 
 Shapes and semantics: docs/INTERFACES.md, section ssa_code.kernels.
+
+Files: `<op>_triton.py` (jitted kernels, launcher, Triton entry point) beside `<op>_ref.py`
+(PyTorch reference). The Triton modules are not named `<op>.py` because importing a submodule
+binds its name on the package, which would replace the dispatcher function of the same name.
 """
 from __future__ import annotations
 
@@ -44,8 +48,8 @@ def triton_available() -> bool:
     global _TRITON_OK
     if _TRITON_OK is None:
         try:
-            from . import score_blocks as _sb  # noqa: F401
-            from . import tier_attention as _ta  # noqa: F401
+            from . import score_blocks_triton as _sb  # noqa: F401
+            from . import tier_attention_triton as _ta  # noqa: F401
 
             _TRITON_OK = True
         except Exception:  # ImportError, or a Triton that fails at import on this machine
@@ -75,7 +79,7 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale):
     """
     check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     if backend(q.device) == "triton":
-        from .tier_attention import tier_attention as fast
+        from .tier_attention_triton import tier_attention as fast
 
         return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
@@ -86,7 +90,7 @@ def score_blocks(q, reps, n_valid, scale):
     group's heads and the M queries of scale * q . rep; -inf from n_valid on)."""
     check_score_blocks_args(q, reps, n_valid, scale)
     if backend(q.device) == "triton":
-        from .score_blocks import score_blocks as fast
+        from .score_blocks_triton import score_blocks as fast
 
         return fast(q, reps, n_valid, scale)
     return score_blocks_ref(q, reps, n_valid, scale)
@@ -96,7 +100,7 @@ def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_s
     """Observation-window softmax mass per slot: mass_buf [Hkv, CAP], mass_new [Hkv, M] float32."""
     check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
     if backend(q_obs.device) == "triton":
-        from .tier_attention import tier_attention_mass as fast
+        from .tier_attention_triton import tier_attention_mass as fast
 
         return fast(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
     return tier_attention_mass_ref(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)

@@ -1,4 +1,4 @@
-"""Plain PyTorch reference for `score_blocks.py`: relevance of index entries to a query chunk.
+"""Plain PyTorch reference for `score_blocks_triton.py`: relevance of index entries to a query chunk.
 
 scores[kvh, n] = max over the group's query heads h and the chunk's queries m of
 scale * q[h, m] . reps[kvh, n]; entries n >= n_valid are -inf. Queries are processed in

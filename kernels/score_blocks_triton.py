@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tier_attention import alloc, dot_precision, interpreting, mma, num_sms
+from .tier_attention_triton import alloc, dot_precision, interpreting, mma, num_sms
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""Plain PyTorch references for the tier attention kernels (``tier_attention.py``).
+"""Plain PyTorch references for the tier attention kernels (``tier_attention_triton.py``).
 
 They compute the same functions as the Triton kernels with explicit gathers and a full softmax,
 in float32 by default (``compute_dtype`` selects another precision: float64 for a gold

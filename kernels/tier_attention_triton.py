@@ -44,6 +44,18 @@ def mma(a, b, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def cast(x, DTYPE: tl.constexpr, INTERP: tl.constexpr):
+    """x.to(DTYPE) rounding to nearest even. The GPU cast already does; the Triton interpreter
+    (3.9) truncates to bfloat16, which doubled the rounding error in tests, so there the
+    rounding is done on the bits first (the final cast is then exact)."""
+    if INTERP and DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+@triton.jit
 def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
                INPUT_PRECISION: tl.constexpr):
     """One online-softmax step over a K/V tile; bias_l2 is [BLOCK_M|1, BLOCK_N] in log2 units."""
@@ -55,7 +67,7 @@ def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
     p = tl.math.exp2(qk - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     # P is rounded to V's dtype before the product, as on the GPU path.
-    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, INPUT_PRECISION)
+    acc = acc * alpha[:, None] + mma(cast(p, v.dtype, INPUT_PRECISION == "interp"), v, INPUT_PRECISION)
     return acc, l_i, m_new
 
 
@@ -157,7 +169,7 @@ def ssa_attn_fwd_kernel(
         tl.store(LSE_PART + prow, lse, mask=row_ok)
     else:
         o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
-        tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(o_ptrs, cast(o, OUT.dtype.element_ty, INPUT_PRECISION == "interp"), mask=row_ok[:, None])
         tl.store(LSE + head.to(tl.int64) * stride_lh + qm, lse, mask=row_ok)
 
 
@@ -166,6 +178,7 @@ def ssa_attn_combine_kernel(
     O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
     stride_oh, stride_om, stride_lh,
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding)."""
     i = tl.program_id(0)
@@ -188,7 +201,7 @@ def ssa_attn_combine_kernel(
                       mask=ok[:, None], other=0.0)
         acc += tl.sum(w[:, None] * o_b, 0)
     o = acc / den
-    tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, o.to(OUT.dtype.element_ty))
+    tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
     tl.store(LSE + head.to(tl.int64) * stride_lh + qm, mx + tl.log(den))
 
 
@@ -380,7 +393,8 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
                  SPLIT=True, INPUT_PRECISION=precision, **cfg)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
-        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16, num_warps=4)
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16,
+        INTERP=interpreting(), num_warps=4)
     return out, lse
 
 
