@@ -46,11 +46,19 @@ def cache_kwarg(model: Any) -> str:
 
 
 def forward_tokens(model: Any, cache: Any, token_ids: Any) -> Any:
-    """Run ``token_ids`` ``[1, M]`` through the model on ``cache``; logits of the last one ``[V]``."""
+    """Run ``token_ids`` ``[1, M]`` through the model on ``cache``; logits of the last one ``[V]``.
+
+    Positions continue from ``cache.get_seq_length()`` and are passed explicitly.
+    """
     import torch
 
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + token_ids.shape[1], device=token_ids.device)[None]
     with torch.inference_mode():
-        out = model(input_ids=token_ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+        out = model(
+            input_ids=token_ids, position_ids=positions, use_cache=True, logits_to_keep=1,
+            **{cache_kwarg(model): cache},
+        )
     return out.logits[0, -1]
 
 
