@@ -77,30 +77,30 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale):
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D] -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     """
-    check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     if backend(q.device) == "triton":
         from .tier_attention_triton import tier_attention as fast
 
-        return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+        return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)  # validates too
+    check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
 
 
 def score_blocks(q, reps, n_valid, scale):
     """q [Hq, M, D]; reps [Hkv, N, D]; n_valid int -> scores [Hkv, N] float32 (max over the
     group's heads and the M queries of scale * q . rep; -inf from n_valid on)."""
-    check_score_blocks_args(q, reps, n_valid, scale)
     if backend(q.device) == "triton":
         from .score_blocks_triton import score_blocks as fast
 
-        return fast(q, reps, n_valid, scale)
+        return fast(q, reps, n_valid, scale)  # validates too
+    check_score_blocks_args(q, reps, n_valid, scale)
     return score_blocks_ref(q, reps, n_valid, scale)
 
 
 def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
     """Observation-window softmax mass per slot: mass_buf [Hkv, CAP], mass_new [Hkv, M] float32."""
-    check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
     if backend(q_obs.device) == "triton":
         from .tier_attention_triton import tier_attention_mass as fast
 
-        return fast(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
+        return fast(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)  # validates too
+    check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
     return tier_attention_mass_ref(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
