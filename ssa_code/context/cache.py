@@ -4,9 +4,12 @@ Entries are keyed by git blob id (the SHA-1 git gives a file's bytes) plus every
 that determines the value (format version, query digest, tokenizer fingerprint), so an entry
 never goes stale: a changed file has a new blob id.  The cache lives in the user's cache
 directory (``platformdirs.user_cache_dir("ssa-code")``, or ``$SSA_CODE_CACHE_DIR``), never
-inside the repository being packed.  Each entry is one small pickle written atomically
-(temporary file in the same directory, then ``os.replace``), so concurrent runs never see a
-half-written entry; an unreadable entry is treated as a miss.
+inside the repository being packed.
+
+Storage is one SQLite database per format version (``context-v<N>.sqlite``): a pack writes
+thousands of small entries, and one transaction is far cheaper than thousands of
+temp-file-and-rename writes; SQLite's journal makes each batch atomic and lets concurrent
+runs share the file.  A cache that cannot be opened, read or written is simply not used.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
+import sqlite3
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from ssa_code.context.format import FORMAT_VERSION
 
 ENV_CACHE_DIR = "SSA_CODE_CACHE_DIR"
+_DB_ERRORS = (sqlite3.Error, OSError)
 
 
 def default_cache_dir() -> Path:
@@ -41,70 +45,100 @@ def blob_id(data: bytes) -> str:
 
 
 class BlobCache:
-    """A directory of pickled values, one file per key, under ``root/context-v<N>/<kind>/``.
+    """A key -> pickled value table ``kind`` in ``root/context-v<N>.sqlite``.
 
     Args:
-        root: cache root; ``None`` disables the cache (every ``get`` misses, ``put`` is a no-op).
-        kind: namespace, e.g. ``"parse"`` or ``"tokens"``.
+        root: cache root; ``None`` disables the cache (every lookup misses, writes are no-ops).
+        kind: namespace, e.g. ``"parse"`` or ``"tokens"`` (one table each).
     """
 
     def __init__(self, root: Optional[Path], kind: str) -> None:
-        self.dir = None if root is None else Path(root) / f"context-v{FORMAT_VERSION}" / kind
+        if not kind.isidentifier():
+            raise ValueError(f"cache kind must be an identifier, got {kind!r}")
+        self.path = None if root is None else Path(root) / f"context-v{FORMAT_VERSION}.sqlite"
+        self.kind = kind
         self.hits = 0
         self.misses = 0
-        self._write_ok = True
+        self._db: Optional[sqlite3.Connection] = None
+        self._failed = self.path is None
 
     @staticmethod
     def key(*parts: str) -> str:
         """Stable key from parts (blob id first); hashed so any part may be long."""
         return hashlib.sha1("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        assert self.dir is not None
-        return self.dir / key[:2] / key[2:]
+    def _conn(self) -> Optional[sqlite3.Connection]:
+        if self._failed:
+            return None
+        if self._db is None:
+            assert self.path is not None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # check_same_thread=False: the packer tokenizes in a worker thread; every
+                # use of one connection is still sequential.
+                db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"CREATE TABLE IF NOT EXISTS {self.kind} (key TEXT PRIMARY KEY, value BLOB)")
+                db.commit()
+                self._db = db
+            except _DB_ERRORS:
+                self._failed = True
+                return None
+        return self._db
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Stored values of those ``keys`` that are present (unreadable entries are misses)."""
+        db = self._conn()
+        found: dict[str, Any] = {}
+        if db is not None:
+            try:
+                for i in range(0, len(keys), 500):
+                    chunk = list(keys[i:i + 500])
+                    marks = ",".join("?" * len(chunk))
+                    for k, v in db.execute(f"SELECT key, value FROM {self.kind} WHERE key IN ({marks})", chunk):
+                        try:
+                            found[k] = pickle.loads(v)
+                        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
+                            continue
+            except _DB_ERRORS:
+                self._failed = True
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
 
     def get(self, key: str) -> Any:
         """The stored value or ``None``."""
-        if self.dir is None:
-            self.misses += 1
-            return None
+        return self.get_many([key]).get(key)
+
+    def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
+        """Store values in one transaction; failures (read-only or full disk) disable the cache."""
+        db = self._conn()
+        if db is None:
+            return
+        rows = [(k, pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for k, v in items]
+        if not rows:
+            return
         try:
-            with open(self._path(key), "rb") as fh:
-                value = pickle.load(fh)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return value
+            with db:
+                db.executemany(f"INSERT OR REPLACE INTO {self.kind} (key, value) VALUES (?, ?)", rows)
+        except _DB_ERRORS:
+            # A cache is an optimisation: never fail a pack because it cannot be written.
+            self._failed = True
 
     def put(self, key: str, value: Any) -> None:
-        """Store ``value`` atomically; failures (read-only disk, full disk) only disable writes."""
-        if self.dir is None or not self._write_ok:
-            return
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-        except OSError:
-            # A cache is an optimisation: never fail a pack because it cannot be written.
-            self._write_ok = False
+        self.put_many([(key, value)])
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def cache_root_for(repo_root: Path, cache_dir: Optional[Path]) -> Optional[Path]:
     """The cache root to use for a repository, or ``None`` when it would lie inside it."""
     root = default_cache_dir() if cache_dir is None else Path(cache_dir)
     try:
-        resolved = root.resolve()
+        resolved = root.expanduser().resolve()
         repo = repo_root.resolve()
     except OSError:
         return None

@@ -18,6 +18,7 @@ import bisect
 import hashlib
 import os
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -188,7 +189,12 @@ class PackedContext:
 
 
 class _Encoder:
-    """Batch encoding through the fast (Rust) tokenizer behind an HF tokenizer."""
+    """Batch encoding through the fast (Rust) tokenizer behind an HF tokenizer.
+
+    For byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, our tiny model) every token's
+    number of newlines is known from the vocabulary, so line tables come from the ids alone
+    and the faster offset-free ``encode_batch_fast`` is used; other tokenizers use offsets.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         from tokenizers import Tokenizer
@@ -209,6 +215,7 @@ class _Encoder:
             backend.no_truncation()
             backend.no_padding()
         self.backend = backend
+        self.newlines = _newline_table(backend, spec)
 
     def encode(self, texts: Sequence[str]) -> list[Any]:
         if not texts:
@@ -216,7 +223,64 @@ class _Encoder:
         return self.backend.encode_batch(list(texts), add_special_tokens=False)
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.encode(texts)]
+        if not texts:
+            return []
+        fast = getattr(self.backend, "encode_batch_fast", None)
+        encs = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
+        return [e.ids for e in encs]
+
+    def blocks(self, items: Sequence[tuple[str, int]]) -> list[_Block]:
+        """Encode ``(block text, header length)`` items into blocks with line tables."""
+        if self.newlines is None:
+            encs = self.encode([t for t, _ in items])
+            return [_block_from_encoding(t, h, e) for (t, h), e in zip(items, encs)]
+        return [_block_from_ids(t, h, ids, self.newlines) for (t, h), ids in zip(items, self.ids([t for t, _ in items]))]
+
+
+def _newline_table(backend: Any, spec: str) -> Any:
+    """``int32 [V]`` newlines per token id for byte-level BPE tokenizers, else ``None``."""
+    import json
+
+    import numpy as np
+
+    try:
+        conf = json.loads(spec)
+    except ValueError:
+        return None
+    model = conf.get("model") or {}
+    pre = conf.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    if model.get("type") != "BPE" or not any(p and p.get("type") == "ByteLevel" for p in pres):
+        return None
+    if conf.get("normalizer") is not None:
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    added = {a["id"]: a["content"] for a in conf.get("added_tokens", [])}
+    table = np.zeros(max(vocab.values(), default=0) + 1, dtype=np.int32)
+    for token, i in vocab.items():
+        # Byte-level BPE writes byte 0x0A as "\u010a"; added tokens are stored as plain text.
+        table[i] = added[i].count("\n") if i in added else token.count("\u010a")
+    return table
+
+
+def _block_from_ids(text: str, header_len: int, ids: list[int], newlines: Any) -> _Block:
+    """Block from ids alone: the line of a token is the number of newlines before it."""
+    import numpy as np
+
+    arr = np.asarray(ids, dtype=np.int64)
+    cum = np.cumsum(newlines[arr]) if len(arr) else np.zeros(0, dtype=np.int64)
+    if header_len >= len(text):
+        header_ntok = len(ids)
+    else:
+        # The header is one line: it ends with the token holding its newline.
+        header_ntok = int(np.searchsorted(cum, 1, side="left")) + 1
+    before = np.concatenate([[0], cum[:-1]]) if len(cum) else cum
+    n_lines = text.count("\n", header_len)
+    line_tok = np.searchsorted(before, np.arange(1, n_lines + 1), side="left")
+    if len(line_tok):
+        line_tok[0] = header_ntok
+    return _Block(text, array("I", np.asarray(ids, dtype=np.uint32).tobytes()), header_ntok,
+                  array("I", line_tok.astype(np.uint32).tobytes()))
 
 
 def _block_from_encoding(text: str, header_len: int, enc: Any) -> _Block:
@@ -234,9 +298,12 @@ def _block_from_encoding(text: str, header_len: int, enc: Any) -> _Block:
         line_chars.append(header_len + pos + 1)
         pos = body.find("\n", pos + 1)
     line_tok = np.searchsorted(starts, np.asarray(line_chars, dtype=np.int64), side="left")
-    if len(line_tok):
+    if not body:
+        line_tok = line_tok[:0]
+    elif len(line_tok):
         line_tok[0] = header_ntok
-    return _Block(text, array("I", enc.ids), header_ntok, array("I", line_tok.astype(np.uint32).tobytes()))
+    return _Block(text, array("I", np.asarray(enc.ids, dtype=np.uint32).tobytes()), header_ntok,
+                  array("I", line_tok.astype(np.uint32).tobytes()))
 
 
 def _encode_blocks(encoder: _Encoder, items: Sequence[tuple[str, int]], cache: BlobCache) -> list[_Block]:
@@ -245,9 +312,10 @@ def _encode_blocks(encoder: _Encoder, items: Sequence[tuple[str, int]], cache: B
             for t, h in items]
     out: list[Optional[_Block]] = [None] * len(items)
     todo: list[int] = []
+    found = cache.get_many(keys)
     for i, k in enumerate(keys):
-        hit = cache.get(k)
-        if hit is not None:
+        hit = found.get(k)
+        if isinstance(hit, tuple) and len(hit) == 3:
             ids = array("I")
             ids.frombytes(hit[0])
             lt = array("I")
@@ -255,11 +323,10 @@ def _encode_blocks(encoder: _Encoder, items: Sequence[tuple[str, int]], cache: B
             out[i] = _Block(items[i][0], ids, hit[1], lt)
         else:
             todo.append(i)
-    encs = encoder.encode([items[i][0] for i in todo])
-    for i, enc in zip(todo, encs):
-        blk = _block_from_encoding(items[i][0], items[i][1], enc)
+    fresh = encoder.blocks([items[i] for i in todo])
+    for i, blk in zip(todo, fresh):
         out[i] = blk
-        cache.put(keys[i], (blk.ids.tobytes(), blk.header_ntok, blk.line_tok.tobytes()))
+    cache.put_many((keys[i], (blk.ids.tobytes(), blk.header_ntok, blk.line_tok.tobytes())) for i, blk in zip(todo, fresh))
     return out  # type: ignore[return-value]
 
 
@@ -326,13 +393,16 @@ def resolve_tokenizer(tokenizer: Any) -> Any:
 
 def parse_files(walk: WalkResult, cache: BlobCache) -> list[ParsedFile]:
     """Symbols of every walked file (cached by blob id, language and query digest)."""
+    keys = {f.path: BlobCache.key(f.blob, f.language, query_digest(f.language), str(PARSE_VERSION))
+            for f in walk.files if f.language in PARSED}
+    found = cache.get_many(list(keys.values()))
     out = []
+    fresh = []
     for f in walk.files:
         if f.language not in PARSED:
             out.append(ParsedFile(f.path, f.language, FileSymbols()))
             continue
-        key = BlobCache.key(f.blob, f.language, query_digest(f.language), str(PARSE_VERSION))
-        hit = cache.get(key)
+        hit = found.get(keys[f.path])
         if isinstance(hit, FileSymbols):
             out.append(ParsedFile(f.path, f.language, hit))
             continue
@@ -341,8 +411,9 @@ def parse_files(walk: WalkResult, cache: BlobCache) -> list[ParsedFile]:
         except (ValueError, RuntimeError, MemoryError) as exc:
             # One bad file must not stop the pack: it is packed as text, without symbols.
             symbols = FileSymbols(error=f"parse failed: {exc}")
-        cache.put(key, symbols)
+        fresh.append((keys[f.path], symbols))
         out.append(ParsedFile(f.path, f.language, symbols))
+    cache.put_many(fresh)
     return out
 
 
@@ -355,7 +426,9 @@ def map_repository(repo: str | os.PathLike[str], options: PackOptions = PackOpti
     """Walk and parse a repository without tokenizing (for ``ssa-code map``)."""
     walk = walk_repository(repo, options.walk_options())
     parse_cache, _ = _caches(walk.root, options)
-    return walk, RepoGraph(parse_files(walk, parse_cache))
+    graph = RepoGraph(parse_files(walk, parse_cache))
+    parse_cache.close()
+    return walk, graph
 
 
 def pack_repository(
@@ -381,21 +454,23 @@ def pack_repository(
     say("walking")
     walk = walk_repository(repo, options.walk_options())
     parse_cache, token_cache = _caches(walk.root, options)
-    say("parsing")
-    graph = RepoGraph(parse_files(walk, parse_cache))
-    say("ordering")
-    ordering = order_files(graph, options.question)
     encoder = _Encoder(resolve_tokenizer(tokenizer))
     by_path = {f.path: f for f in walk.files}
-
-    say("tokenizing")
-    pieces = {}
-    for path in ordering.order:
-        f = by_path[path]
+    pieces: dict[str, tuple[str, int]] = {}
+    for f in walk.files:
         header, body = file_block(f.path, f.language, f.text)
-        pieces[path] = (header + body, len(header))
-    blocks = dict(zip(ordering.order, _encode_blocks(
-        encoder, [(pieces[p][0], pieces[p][1]) for p in ordering.order], token_cache)))
+        pieces[f.path] = (header + body, len(header))
+
+    say("parsing and tokenizing")
+    # Block tokens do not depend on the order, so the tokenizer (Rust, GIL released) runs
+    # in a thread while this thread parses.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        paths = [f.path for f in walk.files]
+        future = pool.submit(_encode_blocks, encoder, [pieces[p] for p in paths], token_cache)
+        graph = RepoGraph(parse_files(walk, parse_cache))
+        say("ordering")
+        ordering = order_files(graph, options.question)
+        blocks = dict(zip(paths, future.result()))
 
     title = walk.root.name
     omitted: list[str] = []
@@ -446,6 +521,8 @@ def pack_repository(
     anchors = [map_span] + [(s.header_start, s.header_end) for s in files]
     omitted_reasons = [(p, f"left out by --budget ({len(blocks[p].ids)} tokens)") for p in omitted]
     skipped = list(walk.skipped)
+    parse_cache.close()
+    token_cache.close()
     return PackedContext(
         text="".join(text_parts),
         token_ids=ids,

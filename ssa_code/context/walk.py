@@ -260,9 +260,10 @@ def _minified(path: str, text: str) -> bool:
     if len(text) < 2000:
         return False
     lines = text.count("\n") + 1
-    longest = max(len(line) for line in text.split("\n"))
     # Hand-written code has short lines on average; one enormous line of code is a bundle.
-    return longest > 2000 and len(text) / lines > 300
+    if len(text) / lines <= 300:
+        return False
+    return max(len(line) for line in text.split("\n")) > 2000
 
 
 def _generated(path: str, text: str) -> Optional[str]:
