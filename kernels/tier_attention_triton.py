@@ -275,11 +275,13 @@ def ssa_attn_mass_kernel(
 
 # Hopper guesses (H100/H200, head_dim 128): 128-row tiles with 8 warps are FlashAttention-2's
 # usual best; the 64-row config covers head_dim 64 and register pressure. Kept small on purpose:
-# every config is compiled on the device before the first call returns.
+# every config is compiled on the device before the first call returns. Compiled offline for
+# sm_90 (benchmarks/sm90_resource_report.py), bf16, head_dim 128: (128, 64, w8, s3) 235 regs,
+# no spill, 129 KB smem; (128, 128, w8, s2) 255 regs, 104 B stack; (64, 64, w4, s4) 254 regs,
+# no spill. (128, 64, w4) spilled 400 B and was dropped.
 _PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
 ]
 # Split-K (decode and short chunks): few rows, bandwidth-bound; BLOCK_M is set by the host.
