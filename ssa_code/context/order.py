@@ -21,6 +21,7 @@ import numpy as np
 from ssa_code.context.graph import RepoGraph
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _PATHISH = re.compile(r"[\w./-]*[./][\w./-]*\w")
 _STOP = frozenset("""a an and are as at be by can code does do for from function file files
 functions how i in into is it its of on or repo repository that the this to use used uses
@@ -196,6 +197,19 @@ def question_seeds(question: str, graph: RepoGraph) -> dict[str, float]:
         defs = [d for name in names for d in graph.definitions(name)]
         for d in defs:
             seeds[d.path] = seeds.get(d.path, 0.0) + 1.0 / len(defs)
+    # Multi-word names: "stock total" names stock_total / stockTotal, and partly
+    # StockTable; weight by the share of the name's words the question uses, squared.
+    words = {w.lower() for w in _IDENT.findall(q) if len(w) >= 3 and w.lower() not in _STOP}
+    if words:
+        for name in graph.defined_names():
+            parts = [x.lower() for x in _WORDS.findall(name)]
+            if len(parts) < 2:
+                continue
+            share = sum(1 for x in parts if x in words) / len(parts)
+            if share >= 0.5:
+                defs = graph.definitions(name)
+                for d in defs:
+                    seeds[d.path] = seeds.get(d.path, 0.0) + share * share / len(defs)
     return dict(sorted(seeds.items()))
 
 
