@@ -1,0 +1,72 @@
+"""Needles spliced as token ids equal tokenizing the combined text (training and bench rely on it)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssa_code.bench.synthetic import (
+    LineBoundaries, Needle, encode, random_needles, random_value, splice,
+)
+from ssa_code.models import default_tokenizer
+
+SAMPLES = [
+    "import os\n\n\ndef f(x):\n    return x + 1  \n\nclass A:\n    pass\n",
+    "#include <stdio.h>\n\nint main(void) {\n\treturn 0;\n}\n\n\n/* end */\n",
+    "# Title\n\nSome *text*.\r\n\r\n- item 1\n- item 2\n",
+    Path(__file__).read_text(),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lines(tok):
+    return LineBoundaries(tok)
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_splice_equals_tokenizing_the_text(tok, lines, text):
+    rng = random.Random(0)
+    ids = encode(tok, text)
+    pos = lines.positions(np.array(ids))
+    assert pos.size > 0
+    for p in pos[:: max(1, pos.size // 60)].tolist():
+        needle = random_needles(rng, 1)[0]
+        spliced = splice(ids, [(p, encode(tok, needle.line))])
+        joined = tok.decode(ids[:p]) + needle.line + tok.decode(ids[p:])
+        assert spliced == encode(tok, joined), (p, needle)
+
+
+def test_cue_is_a_token_prefix_of_the_line(tok):
+    rng = random.Random(1)
+    for _ in range(300):
+        n = random_needles(rng, 1)[0]
+        line, cue = encode(tok, n.line), encode(tok, n.cue)
+        assert line[: len(cue)] == cue, n
+        assert tok.decode(line[len(cue):]).startswith(n.value)
+
+
+def test_multi_key_needles_are_distinct():
+    rng = random.Random(2)
+    ns = random_needles(rng, 8, similar=True)
+    assert len({n.key for n in ns}) == 8 and len({n.value for n in ns}) == 8
+    stems = {n.key.rsplit("_", 1)[0] for n in ns}
+    assert len(stems) == 1
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        Needle("K", "v", style="yaml")
+    with pytest.raises(ValueError):
+        Needle("K X", "v")
+    with pytest.raises(ValueError):
+        random_value(random.Random(0), "nope")
+    with pytest.raises(ValueError):
+        splice([1, 2], [(3, [9])])
