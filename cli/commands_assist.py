@@ -216,9 +216,12 @@ def _run(
     gen = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature)
     # Cheap checks first: a wrong path must not wait for a model to load.
     open_repository(repo)
+    t = time.perf_counter()
     loaded = loaded or _load(model)
+    load_s = time.perf_counter() - t
     started = time.perf_counter()
     packed, options = _pack(repo, loaded, include, exclude)
+    pack_s = time.perf_counter() - started
     extra: tuple[tuple[int, int], ...] = ()
     info = None
     if anchors_for is not None:
@@ -228,6 +231,7 @@ def _run(
         packed, Query(kind, question, extra), loaded, ssa_config, gen, options,
         ui=ui, reuse_state=not no_state, budget=total_budget, started=started,
     )
+    result.timings = {"model_load_s": load_s, "pack_s": pack_s, **result.timings}
     return result, loaded, info
 
 
@@ -297,7 +301,7 @@ def explain(
     out = out_console()
     out.print("\nPinned:", markup=False)
     for p in info:
-        out.print(f"  {p.role:7}  {p.path}:{p.line}  {p.name}", markup=False)
+        out.print(f"  {p.role:7}  {p.path}:{p.line}  {p.name or '(top level)'}", markup=False)
     _print_sources(result)
     if verbose:
         _print_timings(result)
@@ -351,8 +355,9 @@ def review(
     try:
         result, loaded, _ = _run("review", review_question(diff), repo, model, ssa, budget, include, exclude,
                                  max_tokens, 0.0, no_state, True, verbose)
-    except (UserError, RuntimeError, OSError, ValueError, ImportError, MemoryError) as exc:
-        # Fail-open: the tool must not stand between the user and their commit.
+    except Exception as exc:  # noqa: BLE001
+        # Fail-open: whatever keeps the model from running (a missing or broken model, no
+        # memory, a bug of ours) must not stand between the user and their commit.
         message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         err_console().print(f"ssa-code: warning: review skipped, the model could not run: {message}",
                             markup=False, soft_wrap=True)

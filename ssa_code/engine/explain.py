@@ -105,7 +105,7 @@ def explain_pieces(packed: Any, target: str) -> list[Piece]:
             if ref.path in target_paths or (ref.path, ref.line) in seen:
                 continue
             seen.add((ref.path, ref.line))
-            pieces.append(Piece("caller", ref.path, ref.line, ref.line, ref.enclosing or "(top level)"))
+            pieces.append(Piece("caller", ref.path, ref.line, ref.line, ref.enclosing or ""))
     callee_names: list[str] = []
     for t in targets:
         refs = graph.callees(t.path, t.name) if t.name in {d[0] for d in _defs_in(graph, t.path)} else []
@@ -133,10 +133,16 @@ def explain_question(target: str, pieces: list[Piece]) -> str:
         ("callee", "It uses code from other files defined at"),
     )
     for role, title in groups:
-        items = [f"- {p.cite} ({p.name})" for p in pieces if p.role == role]
+        items = [f"- {p.cite} ({_where(p)})" for p in pieces if p.role == role]
         if items:
             lines += ["", f"{title}:", *items]
     return "\n".join(lines)
+
+
+def _where(p: Piece) -> str:
+    if p.role != "caller":
+        return p.name
+    return f"in {p.name}" if p.name else "at top level"
 
 
 def explain_anchors(packed: Any, target: str) -> tuple[tuple[tuple[int, int], ...], str, list[Piece]]:

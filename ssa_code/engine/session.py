@@ -280,6 +280,10 @@ def run_query(
                 progress=lambda done, total=None: report(done, cache),
             )
         prefill_s = time.perf_counter() - t
+        overflow = int(getattr(cache, "pinned_overflow", 0) or 0)
+        if overflow:
+            ui.warn(f"{overflow:,} anchor tokens (file headers, map, pinned code) did not fit the pinned budget "
+                    f"of {ssa_config.pinned:,}; they are kept only as coarse summaries")
         if reuse_state:
             t = time.perf_counter()
             try:

@@ -1,0 +1,103 @@
+"""The session pipeline: sources from attention mass, line anchors, and reuse that changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assist_fixtures import init_repo
+from ssa_code.attention import SSAConfig
+from ssa_code.context import PackOptions, pack_repository
+from ssa_code.engine.generate import GenerationConfig
+from ssa_code.engine.models import ModelSpec, load_model
+from ssa_code.engine.session import Query, QuietUI, anchors_for_lines, file_sources, run_query
+from ssa_code.engine.state import StateStore
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    (root / "pkg").mkdir()
+    (root / "pkg" / "core.py").write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40)))
+    (root / "pkg" / "app.py").write_text("from pkg.core import f1\n\n\ndef main():\n    return f1(2)\n")
+    (root / "README.md").write_text("# Demo\n\nCalls f1 from main.\n")
+    return init_repo(root)
+
+
+@pytest.fixture(scope="module")
+def packed(repo):
+    return pack_repository(str(repo))
+
+
+def test_sources_follow_the_mass(packed):
+    b = 16
+    n = (len(packed.token_ids) + 100 + b - 1) // b
+    f = next(f for f in packed.files if f.path == "pkg/app.py")
+    mass = torch.zeros(n)
+    offset = 7
+    # All mass on blocks lying fully inside pkg/app.py (after the prompt offset).
+    first = -(-(f.token_start + offset) // b)
+    last = (f.token_end + offset) // b
+    assert last > first, "pkg/app.py must span a whole block"
+    mass[first:last] = 1.0
+    got = file_sources(mass, b, packed, offset)
+    assert [s.path for s in got] == ["pkg/app.py"] and got[0].share == pytest.approx(1.0)
+
+
+def test_sources_split_straddling_blocks(packed):
+    b = 4
+    a, c = packed.files[0], packed.files[1]
+    boundary = a.token_end
+    assert c.token_start == boundary
+    n = (len(packed.token_ids) + b - 1) // b
+    mass = torch.zeros(n)
+    blk = boundary // b
+    mass[blk] = 1.0
+    got = {s.path: s.share for s in file_sources(mass, b, packed, 0)}
+    left = (boundary - blk * b) / b
+    if left == 0:
+        assert got == {c.path: pytest.approx(1.0)}
+    else:
+        assert got[a.path] == pytest.approx(left) and got[c.path] == pytest.approx(1 - left)
+    assert file_sources(torch.zeros(n), b, packed, 0) == []
+
+
+def test_anchors_for_lines_cover_the_lines(packed):
+    from ssa_code.models import default_tokenizer
+
+    tok = default_tokenizer()
+    [(s, e)] = anchors_for_lines(packed, [("pkg/core.py", 4, 5)])
+    text = tok.decode(packed.token_ids[s:e])
+    assert "def f1(x):" in text and "return x + 1" in text and "f2" not in text
+    assert anchors_for_lines(packed, [("missing.py", 1, 2)]) == []
+
+
+def test_reused_state_gives_the_same_answer(repo, packed, random_model_dir, tmp_path):
+    loaded = load_model(ModelSpec(str(random_model_dir), "option"))
+    cfg = SSAConfig.from_name("small")
+    gen = GenerationConfig(max_new_tokens=5)
+    store = StateStore(tmp_path)
+    opts = {"include": ()}
+    q = Query("ask", "What does main return?")
+    fresh = run_query(packed, q, loaded, cfg, gen, opts, ui=QuietUI(), store=store, reuse_state=False)
+    first = run_query(packed, q, loaded, cfg, gen, opts, ui=QuietUI(), store=store)
+    second = run_query(packed, q, loaded, cfg, gen, opts, ui=QuietUI(), store=store)
+    assert not first.state_reused and second.state_reused
+    assert first.prefill_s > 0 and second.prefill_s == 0
+    assert fresh.answer == first.answer == second.answer
+    assert [s.path for s in first.sources] == [s.path for s in second.sources]
+    assert first.tokens == second.tokens
+    assert first.tokens["context"] > len(packed.token_ids)
+    # A different question reuses the same state.
+    other = run_query(packed, Query("ask", "Where is f7?"), loaded, cfg, gen, opts, ui=QuietUI(), store=store)
+    assert other.state_reused
+
+
+def test_budget(repo, packed, random_model_dir, tmp_path):
+    from ssa_code.errors import UserError
+
+    loaded = load_model(ModelSpec(str(random_model_dir), "option"))
+    with pytest.raises(UserError, match="budget is 100"):
+        run_query(packed, Query("ask", "q"), loaded, SSAConfig.from_name("small"), GenerationConfig(max_new_tokens=5),
+                  {}, store=StateStore(tmp_path), budget=100)
+    assert list(tmp_path.iterdir()) == []
