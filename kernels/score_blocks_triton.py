@@ -86,6 +86,13 @@ def score_blocks_fwd(q, reps, n_valid, scale, num_splits=None):
         grid = (triton.cdiv(n, 32), hkv, num_splits)
         ssa_score_blocks_kernel[grid](*args, GROUP=group, HEAD_DIM=d, BLOCK_M=32, BLOCK_N=32,
                                       INPUT_PRECISION=dot_precision(q.dtype))
+    elif q.dtype == torch.float32:
+        # float32 (a test dtype): small fixed tiles, the Hopper configs' shared memory would
+        # overflow at 4 bytes an element.
+        grid = (triton.cdiv(n, 64), hkv, num_splits)
+        ssa_score_blocks_kernel[grid](*args, GROUP=group, HEAD_DIM=d, BLOCK_M=64, BLOCK_N=64,
+                                      INPUT_PRECISION=dot_precision(q.dtype), num_warps=4,
+                                      num_stages=2)
     else:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), hkv, num_splits)
         _score_fwd[grid](*args, GROUP=group, HEAD_DIM=d, INPUT_PRECISION=dot_precision(q.dtype))
