@@ -298,7 +298,7 @@ _split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M"
 _DECODE_ROWS = 64
 _MAX_SPLITS = 128
 # Fewest buffer keys a split is given when choosing the split count.
-_MIN_KEYS_PER_SPLIT = 256
+_MIN_KEYS_PER_SPLIT = 128
 
 
 def interpreting() -> bool:
