@@ -101,7 +101,8 @@ def merge_older_half(
     Shapes: ``key/value [H, m, D]``, ``count/lo/hi [m]``; returns the same with fewer entries.
     """
     m = count.shape[0]
-    half = max(2, (m // 2) // 2 * 2)
+    # The older half, rounded up to an even count (at least one pair).
+    half = max(2, min(m - m % 2, (m // 2 + 1) // 2 * 2))
     w = count[:half].view(half // 2, 2)
     total = w.sum(-1)
     k_pairs = key[:, :half].reshape(key.shape[0], half // 2, 2, key.shape[-1])

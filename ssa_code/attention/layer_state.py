@@ -246,6 +246,10 @@ class SSALayer(CacheLayerMixin):
 
         scores = score_blocks(q, self.index_rot, n_idx, scale)
         ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
+        # Order inside the staging tier does not matter: keep a canonical order (-1 last) so an
+        # unchanged selection is recognised and not fetched again.
+        ids = torch.where(ids < 0, torch.iinfo(torch.int64).max, ids).sort(dim=1).values
+        ids = torch.where(ids == torch.iinfo(torch.int64).max, -1, ids)
         if self.staged_ids is not None and torch.equal(ids, self.staged_ids):
             return
         self.staged_ids = ids

@@ -91,22 +91,24 @@ class _PagedStore(BlockStore):
 
     def fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         heads, kk = ids.shape
-        ids_cpu = ids.to("cpu", torch.int64)
-        if kk and (int(ids_cpu.max()) >= self.num_blocks or int(ids_cpu.min()) < 0):
+        flat = ids.to("cpu", torch.int64).reshape(-1)
+        if kk and (int(flat.max()) >= self.num_blocks or int(flat.min()) < 0):
             raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
-        k_out = torch.empty(heads, kk, self.block, self.dim, dtype=self.dtype)
-        v_out = torch.empty_like(k_out)
-        head_idx = torch.arange(heads)[:, None].expand(heads, kk)
-        pages = ids_cpu // PAGE_BLOCKS
+        # Row (slot * H + head) of a page viewed as [PAGE_BLOCKS * H, B, D] is block `slot` of `head`.
+        head = torch.arange(heads).repeat_interleave(kk)
+        pages, rows = flat // PAGE_BLOCKS, (flat % PAGE_BLOCKS) * heads + head
+        shape = (heads * kk, self.block, self.dim)
+        pin = device.type == "cuda"
+        k_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
+        v_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
         for page in torch.unique(pages).tolist():
-            sel = pages == page
-            slots = ids_cpu[sel] % PAGE_BLOCKS
-            h = head_idx[sel]
-            # Advanced indexing gathers block `slot` of head `h`: [n_sel, B, D].
-            k_out[sel] = self.k_pages[page][slots, h]
-            v_out[sel] = self.v_pages[page][slots, h]
-        if device.type == "cuda":
-            k_out, v_out = k_out.pin_memory(), v_out.pin_memory()
+            sel = (pages == page).nonzero().squeeze(1)
+            kp = self.k_pages[page].view(-1, self.block, self.dim)
+            vp = self.v_pages[page].view(-1, self.block, self.dim)
+            k_out.index_copy_(0, sel, kp.index_select(0, rows[sel]))
+            v_out.index_copy_(0, sel, vp.index_select(0, rows[sel]))
+        k_out = k_out.view(heads, kk, self.block, self.dim)
+        v_out = v_out.view(heads, kk, self.block, self.dim)
         return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
 
     def nbytes(self) -> int:
