@@ -232,18 +232,61 @@ def read_source(p: Path) -> str | None:
     return None if looks_generated(text) else text
 
 
-def outline(body: str, language: str, limit: int = 8) -> list[str]:
-    """Top-level definition names of a Python file (a cheap stand-in for the tree-sitter map)."""
+def outline(body: str, language: str) -> list[str]:
+    """Top-level Python definitions as the repository map words them (``def f``, ``class A``).
+
+    A regex stand-in for the tree-sitter symbols the packer uses (no tree-sitter here); other
+    languages list no symbols.
+    """
     if language != "python":
         return []
     names = []
     for line in body.split("\n"):
         if line.startswith(("def ", "class ", "async def ")):
+            kind = "class" if line.startswith("class ") else "def"
             name = line.split("(", 1)[0].split(":", 1)[0].split()[-1]
-            names.append(name)
-            if len(names) >= limit:
-                break
+            names.append(f"{kind} {name}")
     return names
+
+
+def _tree_lines_local(paths, label) -> list[str]:
+    """Indented folder tree of ``paths``; same output as ``repomap._tree_lines``."""
+    lines: list[str] = []
+    open_dirs: list[str] = []
+    for path in sorted(paths):
+        parts = path.split("/")
+        dirs = parts[:-1]
+        common = 0
+        while common < len(open_dirs) and common < len(dirs) and open_dirs[common] == dirs[common]:
+            common += 1
+        open_dirs = open_dirs[:common]
+        for d in dirs[common:]:
+            lines.append("  " * len(open_dirs) + d + "/")
+            open_dirs.append(d)
+        lines.append("  " * len(dirs) + label(path))
+    return lines
+
+
+try:
+    from ssa_code.context.repomap import _tree_lines as tree_lines
+except Exception as e:  # noqa: BLE001 - any import problem: use the local copy of the layout
+    print(f"note: ssa_code.context.repomap not importable ({e}); local map layout", flush=True)
+    tree_lines = _tree_lines_local
+
+
+def map_text(title: str, files: list[tuple[str, str, str, str]], max_symbols: int = 8) -> str:
+    """The repository map block, laid out as ``repomap.build_repo_map`` lays it out."""
+    symbols = {rel: outline(body, lang) for rel, lang, _, body in files}
+
+    def label(path: str) -> str:
+        names = symbols[path][:max_symbols]
+        more = len(symbols[path]) - max_symbols
+        if more > 0:
+            names.append(f"+{more} more")
+        base = path.rsplit("/", 1)[-1]
+        return f"{base}: {', '.join(names)}" if names else base
+
+    return fmt.map_block(title, tree_lines([rel for rel, _, _, _ in files], label))
 
 
 def pack_texts(group: str, files: list[Path], root: Path, pack_bytes: int):
@@ -276,12 +319,7 @@ def pack_texts(group: str, files: list[Path], root: Path, pack_bytes: int):
 
 def pack_one(group: str, files: list[tuple[str, str, str, str]]) -> str:
     """Repository map block then the file blocks; ``files`` holds (path, language, header, body)."""
-    map_lines = []
-    for rel, lang, _, body in files:
-        names = outline(body, lang)
-        n = fmt.count_lines(body)
-        map_lines.append(f"{rel} ({lang}, {n} lines)" + (": " + ", ".join(names) if names else ""))
-    return fmt.map_block(group, map_lines) + "".join(h + b for _, _, h, b in files)
+    return map_text(group, files) + "".join(h + b for _, _, h, b in files)
 
 
 @dataclass
