@@ -8,8 +8,15 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
-# "cpu" runs the Triton kernels under the interpreter at small sizes; "cuda" at real sizes.
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=GPU)]
+# Small cases run everywhere: on the GPU when there is one, else on the CPU under the Triton
+# interpreter (conftest.py). Real-size cases run on CUDA only.
+SMALL_DEVICE = "cuda" if HAS_CUDA else "cpu"
+DEVICES = [pytest.param("small", id="small"), pytest.param("cuda", id="cuda", marks=GPU)]
+
+
+def on(device: str) -> str:
+    """The torch device of a test parameter: "small" -> SMALL_DEVICE."""
+    return SMALL_DEVICE if device == "small" else device
 
 
 def make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, device, seed, summaries=(), masked=()):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from kernel_testing import GPU, assert_close_to_gold
+from kernel_testing import on, GPU, assert_close_to_gold
 
 import ssa_code.kernels as K
 from ssa_code.kernels.score_blocks_ref import score_blocks_ref
@@ -26,7 +26,7 @@ GPU_CASES = {
 
 
 def _params():
-    return ([pytest.param("cpu", c, id=f"cpu-{c}") for c in CPU_CASES]
+    return ([pytest.param("small", c, id=f"small-{c}") for c in CPU_CASES]
             + [pytest.param("cuda", c, id=f"cuda-{c}", marks=GPU) for c in GPU_CASES])
 
 
@@ -35,12 +35,12 @@ def _params():
 def test_score_blocks_matches_reference(device, case, dtype):
     from ssa_code.kernels.score_blocks_triton import score_blocks
 
-    hq, hkv, m, n, n_valid, d, splits = (CPU_CASES if device == "cpu" else GPU_CASES)[case]
+    hq, hkv, m, n, n_valid, d, splits = (CPU_CASES if device == "small" else GPU_CASES)[case]
     if device == "cuda" and dtype == torch.float32 and m > 1000:
         pytest.skip("float32 at prefill size is for the CPU path")
     g = torch.Generator().manual_seed(n + m)
-    q = torch.randn(hq, m, d, generator=g).to(device=device, dtype=dtype)
-    reps = torch.randn(hkv, n, d, generator=g).to(device=device, dtype=dtype)
+    q = torch.randn(hq, m, d, generator=g).to(device=on(device), dtype=dtype)
+    reps = torch.randn(hkv, n, d, generator=g).to(device=on(device), dtype=dtype)
     scale = 1.0 / math.sqrt(d)
     scores = score_blocks(q, reps, n_valid, scale, num_splits=splits)
     assert scores.shape == (hkv, n) and scores.dtype == torch.float32

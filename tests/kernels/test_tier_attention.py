@@ -7,7 +7,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import DEVICES, GPU, HAS_CUDA, assert_close_to_gold, make_tier_inputs
+from kernel_testing import on, DEVICES, GPU, HAS_CUDA, assert_close_to_gold, make_tier_inputs
 
 import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_ref
@@ -40,13 +40,13 @@ GPU_CASES = {
 
 
 def _cases(device):
-    return CPU_CASES if device == "cpu" else GPU_CASES
+    return CPU_CASES if device == "small" else GPU_CASES
 
 
 def _params():
     out = []
     for name in CPU_CASES:
-        out.append(pytest.param("cpu", name, id=f"cpu-{name}"))
+        out.append(pytest.param("small", name, id=f"small-{name}"))
     for name in GPU_CASES:
         out.append(pytest.param("cuda", name, id=f"cuda-{name}", marks=GPU))
     return out
@@ -59,11 +59,12 @@ def test_tier_attention_matches_reference(device, case, dtype):
 
     if device == "cuda" and dtype == torch.float32 and case == "m4096_qwen":
         pytest.skip("float32 at prefill size is for the CPU path; covered by bf16/fp16")
-    if device == "cpu" and dtype == torch.float16 and case in ("m500_empty_ranges", "m63_split3"):
+    if device == "small" and not HAS_CUDA and dtype == torch.float16 and case in (
+            "m500_empty_ranges", "m63_split3"):
         pytest.skip("interpreter time: float16 shares the bfloat16 code path, covered by other cases")
     hq, hkv, m, cap, d, ranges, summaries, masked, splits = _cases(device)[case]
-    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, device, seed=zlib.crc32(case.encode()),
-                              summaries=summaries, masked=masked)
+    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, on(device),
+                              seed=zlib.crc32(case.encode()), summaries=summaries, masked=masked)
     scale = 1.0 / math.sqrt(d)
     out, lse = tier_attention(*inputs, scale, num_splits=splits)
     assert out.dtype == dtype and lse.dtype == torch.float32
@@ -83,9 +84,9 @@ def test_split_count_does_not_change_the_result(device):
     """Split-K partials merged by the combine kernel equal the single-pass result to rounding."""
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
-    cap = 300 if device == "cpu" else 20000
+    cap = 300 if device == "small" else 20000
     inputs = make_tier_inputs(4, 2, 1, cap, 64, [[0, cap // 3], [cap // 2, cap - 7]],
-                              torch.float32, device, seed=7, summaries=[3], masked=[[10, 20]])
+                              torch.float32, on(device), seed=7, summaries=[3], masked=[[10, 20]])
     o1, l1 = tier_attention(*inputs, 0.125, num_splits=1)
     for splits in (2, 5):
         o, l = tier_attention(*inputs, 0.125, num_splits=splits)
@@ -154,16 +155,19 @@ def test_invalid_arguments_raise_value_error(bad, match):
 
 
 def test_dispatch_follows_device_and_override(monkeypatch):
-    inputs = make_tier_inputs(4, 2, 5, 30, 64, [[0, 20]], torch.float32, "cpu", seed=1)
+    dev = on("small")
+    inputs = make_tier_inputs(4, 2, 5, 30, 64, [[0, 20]], torch.float32, dev, seed=1)
     monkeypatch.setenv("SSA_CODE_KERNELS", "torch")
-    assert K.backend(torch.device("cpu")) == "torch"
+    assert K.backend(torch.device(dev)) == "torch"
     ref_o, _ = K.tier_attention(*inputs, 0.125)
     monkeypatch.setenv("SSA_CODE_KERNELS", "auto")
     assert K.backend(torch.device("cpu")) == "torch"
     if HAS_CUDA:
         assert K.backend(torch.device("cuda")) == "triton"
-    monkeypatch.setenv("SSA_CODE_KERNELS", "triton")
-    assert K.backend(torch.device("cpu")) == "triton"
+    else:
+        # Triton on CPU tensors only through the interpreter (set by conftest.py).
+        monkeypatch.setenv("SSA_CODE_KERNELS", "triton")
+        assert K.backend(torch.device("cpu")) == "triton"
     tri_o, _ = K.tier_attention(*inputs, 0.125)
     assert (tri_o - ref_o).abs().max().item() < 1e-5
     # Importing the Triton modules must not shadow the package's public functions.

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from kernel_testing import GPU, assert_close_to_gold, make_tier_inputs
+from kernel_testing import on, GPU, assert_close_to_gold, make_tier_inputs
 
 import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_mass_ref, tier_attention_ref
@@ -24,7 +24,7 @@ GPU_CASES = {
 
 
 def _params():
-    return ([pytest.param("cpu", c, id=f"cpu-{c}") for c in CPU_CASES]
+    return ([pytest.param("small", c, id=f"small-{c}") for c in CPU_CASES]
             + [pytest.param("cuda", c, id=f"cuda-{c}", marks=GPU) for c in GPU_CASES])
 
 
@@ -34,8 +34,8 @@ def test_mass_matches_reference(device, case, dtype):
     from ssa_code.kernels.tier_attention_triton import tier_attention_mass
 
     hq, hkv, m, obs, cap, d, ranges, summaries, masked = (
-        CPU_CASES if device == "cpu" else GPU_CASES)[case]
-    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, device, seed=m + obs,
+        CPU_CASES if device == "small" else GPU_CASES)[case]
+    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, on(device), seed=m + obs,
                               summaries=summaries, masked=masked)
     q, kb, vb, bias, r, kn, vn = inputs
     scale = 1.0 / math.sqrt(d)
