@@ -35,6 +35,9 @@ def ssa_score_blocks_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     best = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     if pid_n * BLOCK_N < n_valid:
+        # Elementwise running max in registers; the cross-warp reduction over rows runs once,
+        # after the loop, instead of once per row tile.
+        best_tile = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
         n_c = tl.minimum(offs_n, N - 1)
         reps = tl.load(REPS + kvh.to(tl.int64) * stride_rh + n_c[:, None] * stride_rn + offs_d[None, :])
         reps_t = tl.trans(reps)
@@ -47,7 +50,8 @@ def ssa_score_blocks_kernel(
             head = kvh * GROUP + rows // M
             q = tl.load(Q + head[:, None].to(tl.int64) * stride_qh + (rows % M)[:, None] * stride_qm
                         + offs_d[None, :])
-            best = tl.maximum(best, tl.max(mma(q, reps_t, INPUT_PRECISION), 0))
+            best_tile = tl.maximum(best_tile, mma(q, reps_t, INPUT_PRECISION))
+        best = tl.max(best_tile, 0)
         # scale > 0 (checked by the caller), so max(scale * x) = scale * max(x).
         best = tl.where(offs_n < n_valid, best * sm_scale, float("-inf"))
     tl.store(PART + split.to(tl.int64) * stride_ps + kvh * stride_ph + offs_n, best, mask=offs_n < N)
