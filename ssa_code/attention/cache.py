@@ -168,6 +168,84 @@ class SSACache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].seen if self.layers else 0
 
+    # -- saving and restoring ---------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole state (fixed tiers and store) to ``path`` as safetensors, atomically.
+
+        The file carries a format version, the model fingerprint and the SSA config; a
+        reader refuses a file that does not match (see :meth:`load`).
+        """
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        counters = []
+        for i, layer in enumerate(self.layers):
+            if not layer.is_initialized:
+                raise ValueError("cannot save an SSACache that has not seen any token")
+            for name, t in layer.state_tensors().items():
+                tensors[f"layer{i}.{name}"] = t.detach().contiguous().cpu()
+            counters.append(layer.counters())
+        metadata = {
+            "format": "ssa-code-state",
+            "version": str(STATE_FORMAT_VERSION),
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "ssa_config": json.dumps(self.ssa_config.to_dict(), sort_keys=True),
+            "counters": json.dumps(counters),
+            "pinned": json.dumps(self.pinned.spans()),
+            "pinned_overflow": str(self.pinned_overflow),
+            "dtype": str(self.layers[0].dtype).replace("torch.", ""),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_config: Any, ssa_config: SSAConfig, *,
+             device: torch.device | str = "cpu") -> "SSACache":
+        """Read a state written by :meth:`save`.
+
+        Raises ``ValueError`` for a file that is not a readable state of this format version,
+        model and SSA configuration (the caller rebuilds it).
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "ssa-code-state":
+                    raise ValueError("not an ssa-code state file")
+                if meta.get("version") != str(STATE_FORMAT_VERSION):
+                    raise ValueError(f"state format version {meta.get('version')} != {STATE_FORMAT_VERSION}")
+                cache = cls(model_config, ssa_config)
+                if json.loads(meta["fingerprint"]) != cache.fingerprint:
+                    raise ValueError("state was saved for another model configuration")
+                if json.loads(meta["ssa_config"]) != json.loads(json.dumps(ssa_config.to_dict(), sort_keys=True)):
+                    raise ValueError("state was saved with another SSA configuration")
+                dtype = getattr(torch, meta["dtype"])
+                counters = json.loads(meta["counters"])
+                keys = list(f.keys())
+                for i, layer in enumerate(cache.layers):
+                    layer.allocate(torch.device(device), dtype)
+                    prefix = f"layer{i}."
+                    tensors = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+                    layer.restore(tensors, counters[i])
+                for start, end in json.loads(meta["pinned"]):
+                    cache.pinned.add(int(start), int(end))
+                cache.pinned_overflow = int(meta["pinned_overflow"])
+        except ValueError:
+            raise
+        except Exception as exc:  # truncated or garbled files surface as many error types
+            raise ValueError(f"unreadable state file {path}: {exc}") from None
+        return cache
+
     def close(self) -> None:
         for layer in self.layers:
             if layer.is_initialized:

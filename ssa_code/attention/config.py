@@ -52,8 +52,9 @@ class SSAConfig:
 
     Engine:
         chunk_size: prefill chunk length (queries per forward).
-        decode_refresh: during decode, blocks are re-scored and re-fetched once per this
-            many tokens (1 = every token).
+        decode_refresh: during decode, blocks are re-scored and re-fetched, and attention
+            mass observed, once per this many tokens (1 = every token); a change of the
+            index or the heavy tier forces a refresh at the next token.
         store: where full-resolution evicted blocks live: host RAM, a disk memmap under
             ``store_dir``, or nowhere (store-free mode: no retrieval).
         kernels: ``auto`` uses Triton on CUDA and the PyTorch reference elsewhere.
@@ -73,7 +74,7 @@ class SSAConfig:
     far_distance: int | None = None
     rebase_every: int = 256
     chunk_size: int = 4096
-    decode_refresh: int = 1
+    decode_refresh: int = 8
     store: StoreKind = "host"
     store_dir: str | None = None
     kernels: KernelChoice = "auto"

@@ -98,7 +98,7 @@ class SSALayer(CacheLayerMixin):
         self.frontier = cfg.sinks  # first position still in the window (block grid starts at sinks)
         self.floor = 0  # far keys are shown at positions >= floor (0: true positions)
         self.staged_ids: torch.Tensor | None = None
-        self.steps_since_refresh = 0
+        self.decode_steps = 0
         self._ranges_key: tuple[int, ...] | None = None
         self._ranges: torch.Tensor | None = None
         self.is_initialized = True
@@ -109,6 +109,53 @@ class SSALayer(CacheLayerMixin):
                    self.summaries.hi, self.summaries.pos, self.index.key, self.index.count, self.index.lo,
                    self.index.hi, self.index.pos]
         return [t for t in tensors if t is not None]
+
+    # -- saving and restoring ---------------------------------------------------------------
+
+    COUNTERS = ("seen", "n_sink", "n_pin", "n_heavy", "n_stage", "frontier", "floor")
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"k": self.k, "v": self.v, "k_raw": self.k_raw, "pos": self.pos, "eff": self.eff, "bias": self.bias,
+               "mass": self.mass, "index_rot": self.index_rot}
+        for tier_name, tier in (("summaries", self.summaries), ("index", self.index)):
+            for field in ("key", "value", "count", "lo", "hi", "pos"):
+                t = getattr(tier, field)
+                if t is not None:
+                    out[f"{tier_name}.{field}"] = t
+        for field, t in self.store.state().items():
+            out[f"store.{field}"] = t
+        return out
+
+    def counters(self) -> dict[str, int]:
+        out = {name: int(getattr(self, name)) for name in self.COUNTERS}
+        out["summaries.n"] = self.summaries.n
+        out["index.n"] = self.index.n
+        return out
+
+    def restore(self, tensors: dict[str, torch.Tensor], counters: dict[str, int]) -> None:
+        """Load what :meth:`state_tensors` and :meth:`counters` saved (shapes are checked)."""
+        store_parts = {}
+        for name, t in tensors.items():
+            if name.startswith("store."):
+                store_parts[name[len("store."):]] = t
+                continue
+            if "." in name:
+                tier_name, field = name.split(".", 1)
+                target = getattr(getattr(self, tier_name), field)
+            else:
+                target = getattr(self, name)
+            if target is None or target.shape != t.shape or target.dtype != t.dtype:
+                raise ValueError(f"saved tensor {name} has shape {tuple(t.shape)} {t.dtype}, expected "
+                                 f"{None if target is None else (tuple(target.shape), target.dtype)}")
+            target.copy_(t)
+        for name in self.COUNTERS:
+            setattr(self, name, int(counters[name]))
+        self.summaries.n = int(counters["summaries.n"])
+        self.index.n = int(counters["index.n"])
+        if store_parts.get("k") is not None and store_parts["k"].shape[1]:
+            self.store.append(store_parts["k"], store_parts["v"])
+        self.staged_ids = None
+        self._ranges_key = None
 
     # -- transformers Cache layer API ---------------------------------------------------
 
@@ -171,17 +218,25 @@ class SSALayer(CacheLayerMixin):
         self.pending = None
         m = q.shape[1]
         p0 = self.seen
+        decode = m == 1
+        self.decode_steps = self.decode_steps + 1 if decode else 0
+        # Decode re-scores, re-stages and observes attention mass once per `decode_refresh`
+        # tokens (and whenever the index or heavy tier changed); prefill does it every chunk.
+        refresh = not decode or self.decode_steps % self.cfg.decode_refresh == 0
         self._rebase(p0, m)
-        self._stage(q, scale, decode=m == 1)
+        self._stage(q, scale, refresh)
         ranges = self._occupied_ranges()
         out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale)
-        obs = min(m, self.cfg.observe)
-        mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
-                                                 lse[:, m - obs:], scale, m - obs)
-        decay = 0.5 ** (m / self.cfg.heavy_half_life)
-        self.mass.mul_(decay).add_(mass_buf)
-        if self.cache.track_sources:
-            self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        if refresh or self.cache.track_sources:
+            obs = min(m, self.cfg.observe)
+            mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
+                                                     lse[:, m - obs:], scale, m - obs)
+            decay = 0.5 ** (m / self.cfg.heavy_half_life)
+            self.mass.mul_(decay).add_(mass_buf)
+            if self.cache.track_sources:
+                self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        else:
+            mass_new = torch.zeros(self.heads, m, dtype=torch.float32, device=self.device)
         self._commit(k_new, v_new, mass_new, p0)
         return out
 
@@ -232,16 +287,13 @@ class SSALayer(CacheLayerMixin):
 
     # -- 2. relevance scoring and staging ---------------------------------------------------
 
-    def _stage(self, q: torch.Tensor, scale: float, decode: bool) -> None:
+    def _stage(self, q: torch.Tensor, scale: float, refresh: bool) -> None:
         cfg = self.cfg
         n_idx = self.index.n
         if cfg.staging == 0 or n_idx == 0:
             return
-        if decode and self.staged_ids is not None:
-            self.steps_since_refresh += 1
-            if self.steps_since_refresh < cfg.decode_refresh:
-                return
-        self.steps_since_refresh = 0
+        if not refresh and self.staged_ids is not None:
+            return
         from ssa_code.kernels import score_blocks
 
         scores = score_blocks(q, self.index_rot, n_idx, scale)
@@ -374,8 +426,10 @@ class SSALayer(CacheLayerMixin):
         first_block = (lo - cfg.sinks) // b
         blocks_k = k_raw.view(h, nb, b, -1)
         blocks_v = v.view(h, nb, b, -1)
-        # Store and index: the full-resolution blocks and one mean key per block.
+        # Store and index: the full-resolution blocks and one mean key per block. New index
+        # entries must be able to take part at the next step: re-stage then.
         self.store.append(blocks_k, blocks_v)
+        self.staged_ids = None
         ids = torch.arange(first_block, first_block + nb, device=dev)
         if self.index.capacity:
             merged = self.index.add(blocks_k.float().mean(2), None, torch.ones(nb, device=dev), ids, ids + 1)
