@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,17 +44,21 @@ def make_repo(source: Path, dest: Path) -> None:
         subprocess.run(cmd, cwd=dest, check=True, env=env)
 
 
-def run_pack(repo: Path, cache: Path, extra: list[str]) -> tuple[float, dict]:
+def run_pack(repo: Path, cache: Path, extra: list[str]) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds user+sys, summary) of one ``ssa-code pack`` process."""
     env = {**os.environ, "SSA_CODE_CACHE_DIR": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", "from ssa_code.cli.app import main; main()", "pack", str(repo), "--output", os.devnull, "--json", *extra],
         env=env, capture_output=True, text=True,
     )
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"pack failed ({proc.returncode}): {proc.stderr.strip()}")
-    return seconds, json.loads(proc.stderr.strip().splitlines()[-1])
+    return seconds, cpu, json.loads(proc.stderr.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -69,16 +74,18 @@ def main() -> None:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         make_repo(source, repo)
-        cold, warm = [], []
+        cold, warm, cold_cpu, warm_cpu = [], [], [], []
         summary: dict = {}
         for i in range(args.runs):
             cache = Path(tmp) / f"cache{i}"
-            seconds, summary = run_pack(repo, cache, extra)
+            seconds, cpu, summary = run_pack(repo, cache, extra)
             cold.append(seconds)
-            seconds, _ = run_pack(repo, cache, extra)
+            cold_cpu.append(cpu)
+            seconds, cpu, _ = run_pack(repo, cache, extra)
             warm.append(seconds)
-        cold.sort()
-        warm.sort()
+            warm_cpu.append(cpu)
+        for xs in (cold, warm, cold_cpu, warm_cpu):
+            xs.sort()
         result = {
             "source": str(source),
             "files": summary["files"],
@@ -88,6 +95,9 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "cold_s": round(cold[len(cold) // 2], 2),
             "warm_s": round(warm[len(warm) // 2], 2),
+            "cold_cpu_s": round(cold_cpu[len(cold_cpu) // 2], 2),
+            "warm_cpu_s": round(warm_cpu[len(warm_cpu) // 2], 2),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "cold_runs": [round(x, 2) for x in cold],
             "warm_runs": [round(x, 2) for x in warm],
             "target_cold_s": TARGET_COLD_S,

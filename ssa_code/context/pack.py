@@ -403,15 +403,15 @@ def parse_files(walk: WalkResult, cache: BlobCache) -> list[ParsedFile]:
             out.append(ParsedFile(f.path, f.language, FileSymbols()))
             continue
         hit = found.get(keys[f.path])
-        if isinstance(hit, FileSymbols):
-            out.append(ParsedFile(f.path, f.language, hit))
+        if isinstance(hit, tuple) and len(hit) == 4:
+            out.append(ParsedFile(f.path, f.language, FileSymbols(*hit)))
             continue
         try:
             symbols = parse_source(file_block(f.path, f.language, f.text)[1], f.language)
         except (ValueError, RuntimeError, MemoryError) as exc:
             # One bad file must not stop the pack: it is packed as text, without symbols.
             symbols = FileSymbols(error=f"parse failed: {exc}")
-        fresh.append((keys[f.path], symbols))
+        fresh.append((keys[f.path], (symbols.defs, symbols.refs, symbols.imports, symbols.error)))
         out.append(ParsedFile(f.path, f.language, symbols))
     cache.put_many(fresh)
     return out

@@ -3,7 +3,7 @@
 The queries (``queries/<language>.scm``) follow the tag conventions of GitHub code
 navigation and aider's repo map: a match holding ``@definition.<kind>`` and ``@name`` is a
 definition, ``@reference.<kind>`` and ``@name`` a reference, ``@import`` (optionally with
-``@import.member``) an import.  Results are plain tuples so they pickle small and fast into
+``@import.member``) an import.  Results are plain tuples so they marshal small and fast into
 the blob-keyed cache (:mod:`ssa_code.context.cache`).
 """
 

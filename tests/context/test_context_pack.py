@@ -10,7 +10,7 @@ import pytest
 
 from repo_helpers import git, make_repo
 from ssa_code.context import PackOptions, pack_repository
-from ssa_code.context.cache import BlobCache, cache_root_for
+from ssa_code.context.cache import BlobCache, cache_root_for, db_name
 from ssa_code.context.format import parse_header
 from ssa_code.context.pack import _Encoder, _encode_blocks
 from ssa_code.errors import UsageError
@@ -116,7 +116,7 @@ def test_output_is_byte_identical_across_runs_and_cache_states(sample_repo, defa
     nocache = pack_repository(sample_repo, default_tok, PackOptions(question=QUESTION, use_cache=False))
     assert cold.to_json() == warm.to_json() == nocache.to_json()
     assert cold.summary() == warm.summary()
-    db = tmp_path / "c" / "context-v1.sqlite"
+    db = tmp_path / "c" / db_name()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM parse").fetchone()[0] > 0
         assert conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0] >= len(cold.files)
@@ -126,7 +126,7 @@ def test_output_is_byte_identical_across_runs_and_cache_states(sample_repo, defa
 def test_corrupt_cache_is_ignored(sample_repo, default_tok, tmp_path):
     cache = tmp_path / "c"
     cache.mkdir()
-    (cache / "context-v1.sqlite").write_bytes(b"this is not a database" * 100)
+    (cache / db_name()).write_bytes(b"this is not a database" * 100)
     packed = pack_repository(sample_repo, default_tok, PackOptions(cache_dir=str(cache)))
     assert packed.text == pack_repository(sample_repo, default_tok, PackOptions(use_cache=False)).text
 
