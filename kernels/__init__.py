@@ -57,9 +57,12 @@ def triton_available() -> bool:
     return _TRITON_OK
 
 
-def backend(device: torch.device) -> str:
-    """"triton" or "torch" for tensors on `device`, after the SSA_CODE_KERNELS override."""
-    choice = os.environ.get("SSA_CODE_KERNELS", "auto").lower()
+def backend(device: torch.device, prefer: str = "auto") -> str:
+    """"triton" or "torch" for tensors on `device`.
+
+    `prefer` is the caller's choice (SSAConfig.kernels); a set SSA_CODE_KERNELS overrides it.
+    """
+    choice = os.environ.get("SSA_CODE_KERNELS", prefer).lower()
     if choice not in ("auto", "triton", "torch"):
         raise ValueError(f"SSA_CODE_KERNELS={choice!r}: expected auto, triton or torch")
     if choice == "torch":
@@ -71,13 +74,13 @@ def backend(device: torch.device) -> str:
     return "triton" if device.type == "cuda" and triton_available() else "torch"
 
 
-def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale):
+def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, prefer: str = "auto"):
     """Attention over buffer ranges (additive per-slot bias) + the chunk's own keys (causal).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D] -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     """
-    if backend(q.device) == "triton":
+    if backend(q.device, prefer) == "triton":
         from .tier_attention_triton import tier_attention as fast
 
         return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)  # validates too
@@ -85,10 +88,10 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale):
     return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
 
 
-def score_blocks(q, reps, n_valid, scale):
+def score_blocks(q, reps, n_valid, scale, prefer: str = "auto"):
     """q [Hq, M, D]; reps [Hkv, N, D]; n_valid int -> scores [Hkv, N] float32 (max over the
     group's heads and the M queries of scale * q . rep; -inf from n_valid on)."""
-    if backend(q.device) == "triton":
+    if backend(q.device, prefer) == "triton":
         from .score_blocks_triton import score_blocks as fast
 
         return fast(q, reps, n_valid, scale)  # validates too
@@ -96,9 +99,9 @@ def score_blocks(q, reps, n_valid, scale):
     return score_blocks_ref(q, reps, n_valid, scale)
 
 
-def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
+def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start, prefer: str = "auto"):
     """Observation-window softmax mass per slot: mass_buf [Hkv, CAP], mass_new [Hkv, M] float32."""
-    if backend(q_obs.device) == "triton":
+    if backend(q_obs.device, prefer) == "triton":
         from .tier_attention_triton import tier_attention_mass as fast
 
         return fast(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)  # validates too

@@ -226,11 +226,11 @@ class SSALayer(CacheLayerMixin):
         self._rebase(p0, m)
         self._stage(q, scale, refresh)
         ranges = self._occupied_ranges()
-        out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale)
+        out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
         if refresh or self.cache.track_sources:
             obs = min(m, self.cfg.observe)
             mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
-                                                     lse[:, m - obs:], scale, m - obs)
+                                                     lse[:, m - obs:], scale, m - obs, self.cfg.kernels)
             decay = 0.5 ** (m / self.cfg.heavy_half_life)
             self.mass.mul_(decay).add_(mass_buf)
             if self.cache.track_sources:
@@ -296,7 +296,7 @@ class SSALayer(CacheLayerMixin):
             return
         from ssa_code.kernels import score_blocks
 
-        scores = score_blocks(q, self.index_rot, n_idx, scale)
+        scores = score_blocks(q, self.index_rot, n_idx, scale, self.cfg.kernels)
         ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
         # Order inside the staging tier does not matter: keep a canonical order (-1 last) so an
         # unchanged selection is recognised and not fetched again.

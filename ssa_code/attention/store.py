@@ -63,6 +63,8 @@ class NoStore(BlockStore):
 class _PagedStore(BlockStore):
     """Pages of ``[PAGE_BLOCKS, H, B, D]`` for keys and for values."""
 
+    _pinned = False
+
     def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
         super().__init__(heads, block, dim, dtype)
         self.k_pages: list[torch.Tensor] = []
@@ -74,8 +76,11 @@ class _PagedStore(BlockStore):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         n = k.shape[1]
         # [H, n, B, D] -> [n, H, B, D]: a block is one contiguous run in its page.
-        k = k.transpose(0, 1).to("cpu", non_blocking=False)
-        v = v.transpose(0, 1).to("cpu", non_blocking=False)
+        k = k.transpose(0, 1)
+        v = v.transpose(0, 1)
+        # Into page-locked pages the device-to-host copy is asynchronous; whoever reads a
+        # page (fetch) runs after a host synchronisation of the same stream (block selection).
+        asynchronous = k.is_cuda and self._pinned
         done = 0
         while done < n:
             page, slot = divmod(self.num_blocks, PAGE_BLOCKS)
@@ -84,8 +89,8 @@ class _PagedStore(BlockStore):
                 self.k_pages.append(kp)
                 self.v_pages.append(vp)
             take = min(n - done, PAGE_BLOCKS - slot)
-            self.k_pages[page][slot:slot + take].copy_(k[done:done + take])
-            self.v_pages[page][slot:slot + take].copy_(v[done:done + take])
+            self.k_pages[page][slot:slot + take].copy_(k[done:done + take], non_blocking=asynchronous)
+            self.v_pages[page][slot:slot + take].copy_(v[done:done + take], non_blocking=asynchronous)
             done += take
             self.num_blocks += take
 
@@ -127,12 +132,12 @@ class _PagedStore(BlockStore):
 class HostStore(_PagedStore):
     def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype, pin: bool = False) -> None:
         super().__init__(heads, block, dim, dtype)
-        self.pin = pin
+        self._pinned = pin
 
     def _new_page(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (PAGE_BLOCKS, self.heads, self.block, self.dim)
-        return (torch.empty(shape, dtype=self.dtype, pin_memory=self.pin),
-                torch.empty(shape, dtype=self.dtype, pin_memory=self.pin))
+        return (torch.empty(shape, dtype=self.dtype, pin_memory=self._pinned),
+                torch.empty(shape, dtype=self.dtype, pin_memory=self._pinned))
 
 
 class DiskStore(_PagedStore):

@@ -1,0 +1,276 @@
+"""One GPU, one million tokens: SSA against dense attention with a 7B-class architecture.
+
+Qwen2.5-7B's architecture (28 layers, hidden 3584, 28 query heads, 4 KV heads, head_dim 128,
+vocabulary 152064) with random bf16 weights: speed and memory do not depend on weight values.
+
+SSA: one chunked prefill to the longest length; at each mark (32K, 128K, 512K, 1M by
+default) the cumulative prefill time (= time to first token, with the first decoded token),
+peak GPU memory, SSA state bytes and store bytes are recorded, then 32 tokens are decoded
+greedily. Dense (transformers + SDPA, DynamicCache) runs in the same process at every
+length up to ``--dense-prefill-max``; its decode is also measured at longer lengths on a
+KV cache filled with random tensors, as in ``shared/anchors/anchor_decode.py``.
+
+Run on an H100/H200:  python -m ssa_code.bench.long_context --out $OUT
+Writes ``long_context.json`` and ``long_context.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ssa_code import SSACache, SSAConfig, patch
+from ssa_code.engine.prefill import _cache_kwarg, forward_chunk
+
+GiB = 2**30
+
+
+def qwen25_7b_config(layers: int = 28):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768,
+                       rope_parameters={"rope_type": "default", "rope_theta": 1e6}, tie_word_embeddings=False)
+
+
+def build_model(cfg, device: str):
+    from transformers import AutoModelForCausalLM
+
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    return model
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def ssa_run(model, ssa_cfg: SSAConfig, marks: list[int], chunk: int, decode_tokens: int, vocab: int) -> list[dict]:
+    patch(model, ssa_cfg)
+    cache = SSACache(model.config, ssa_cfg)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    torch.cuda.reset_peak_memory_stats()
+    pos, t_prefill = 0, 0.0
+    with torch.no_grad():
+        for mark in marks:
+            sync()
+            t0 = time.perf_counter()
+            logits = None
+            while pos < mark:
+                n = min(chunk, mark - pos)
+                ids = torch.randint(0, vocab, (1, n), device="cuda", generator=gen)
+                logits = forward_chunk(model, cache, ids, pos, logits=pos + n >= mark)
+                pos += n
+            sync()
+            t_prefill += time.perf_counter() - t0
+            first = int(logits.argmax(-1))
+            sync()
+            peak_prefill = torch.cuda.max_memory_allocated()
+            # Decode: greedy, one token at a time through the same cache.
+            tok = torch.tensor([[first]], device="cuda")
+            times = []
+            for _ in range(decode_tokens):
+                sync()
+                t = time.perf_counter()
+                logits = forward_chunk(model, cache, tok, pos)
+                tok = logits.argmax(-1, keepdim=True)
+                sync()
+                times.append(time.perf_counter() - t)
+                pos += 1
+            times.sort()
+            row = {
+                "tokens": mark, "prefill_s": t_prefill, "ttft_s": t_prefill + times[len(times) // 2],
+                "decode_ms_median": 1e3 * times[len(times) // 2], "decode_ms_mean": 1e3 * sum(times) / len(times),
+                "peak_GiB": torch.cuda.max_memory_allocated() / GiB, "peak_prefill_GiB": peak_prefill / GiB,
+                "ssa_state_GiB": cache.gpu_bytes() / GiB, "store_GiB": cache.store_bytes() / GiB,
+                "pinned_overflow": cache.pinned_overflow,
+            }
+            rows.append(row)
+            print("ssa", json.dumps(row), flush=True)
+    cache.close()
+    del cache
+    return rows
+
+
+def dense_run(model, marks: list[int], chunk: int, decode_tokens: int, vocab: int, limit_s: float) -> list[dict]:
+    from transformers import DynamicCache
+
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache(config=model.config)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    pos, t_prefill = 0, 0.0
+    with torch.no_grad():
+        for mark in marks:
+            sync()
+            t0 = time.perf_counter()
+            logits = None
+            while pos < mark:
+                n = min(chunk, mark - pos)
+                ids = torch.randint(0, vocab, (1, n), device="cuda", generator=gen)
+                out = model(input_ids=ids, **{_cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1,
+                            position_ids=torch.arange(pos, pos + n, device="cuda")[None])
+                logits = out.logits[:, -1]
+                pos += n
+            sync()
+            t_prefill += time.perf_counter() - t0
+            tok = logits.argmax(-1, keepdim=True)
+            times = []
+            for _ in range(decode_tokens):
+                sync()
+                t = time.perf_counter()
+                out = model(input_ids=tok, **{_cache_kwarg(model): cache}, use_cache=True,
+                            position_ids=torch.tensor([[pos]], device="cuda"))
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                sync()
+                times.append(time.perf_counter() - t)
+                pos += 1
+            times.sort()
+            row = {"tokens": mark, "prefill_s": t_prefill, "ttft_s": t_prefill + times[len(times) // 2],
+                   "decode_ms_median": 1e3 * times[len(times) // 2], "peak_GiB": torch.cuda.max_memory_allocated() / GiB}
+            rows.append(row)
+            print("dense", json.dumps(row), flush=True)
+            if t_prefill > limit_s:
+                break
+    del cache
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+def dense_decode_filled(model, lengths: list[int], decode_tokens: int, vocab: int) -> list[dict]:
+    """Dense decode on a KV cache filled with random tensors (prefill there would take minutes)."""
+    from transformers import DynamicCache
+
+    model.set_attn_implementation("sdpa")
+    cfg = model.config
+    rows = []
+    for n in lengths:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            cache = DynamicCache(config=cfg)
+            for layer in range(cfg.num_hidden_layers):
+                k = torch.randn(1, cfg.num_key_value_heads, n, 128, device="cuda", dtype=torch.bfloat16)
+                cache.update(k, torch.randn_like(k), layer)
+                del k
+            tok = torch.randint(0, vocab, (1, 1), device="cuda")
+            times = []
+            with torch.no_grad():
+                for i in range(decode_tokens + 2):
+                    sync()
+                    t = time.perf_counter()
+                    out = model(input_ids=tok, **{_cache_kwarg(model): cache}, use_cache=True,
+                                position_ids=torch.tensor([[n + i]], device="cuda"))
+                    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                    sync()
+                    if i >= 2:
+                        times.append(time.perf_counter() - t)
+            times.sort()
+            row = {"tokens": n, "decode_ms_median": 1e3 * times[len(times) // 2],
+                   "peak_GiB": torch.cuda.max_memory_allocated() / GiB, "kv_filled_randomly": True}
+        except torch.OutOfMemoryError:
+            row = {"tokens": n, "oom": True}
+        cache = None
+        rows.append(row)
+        print("dense-decode", json.dumps(row), flush=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ssa, dense = result["ssa"], result["dense"]
+    dd = [r for r in result.get("dense_decode_filled", []) if not r.get("oom")]
+    x = [r["tokens"] for r in ssa]
+    axes[0].plot(x, [r["peak_GiB"] for r in ssa], "o-", label="SSA peak")
+    axes[0].plot(x, [r["ssa_state_GiB"] for r in ssa], "s--", label="SSA state")
+    axes[0].plot([r["tokens"] for r in dense], [r["peak_GiB"] for r in dense], "o-", label="dense peak (prefill)")
+    axes[0].plot([r["tokens"] for r in dd], [r["peak_GiB"] for r in dd], "x:", label="dense peak (decode, filled KV)")
+    axes[0].set_ylabel("GPU memory (GiB)")
+    axes[1].plot(x, [r["ttft_s"] for r in ssa], "o-", label="SSA")
+    axes[1].plot([r["tokens"] for r in dense], [r["ttft_s"] for r in dense], "o-", label="dense")
+    axes[1].set_ylabel("time to first token (s)")
+    axes[2].plot(x, [r["decode_ms_median"] for r in ssa], "o-", label="SSA")
+    axes[2].plot([r["tokens"] for r in dense] + [r["tokens"] for r in dd],
+                 [r["decode_ms_median"] for r in dense] + [r["decode_ms_median"] for r in dd], "o-", label="dense")
+    axes[2].set_ylabel("decode (ms / token)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context tokens")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Qwen2.5-7B architecture, random bf16 weights, {result['gpu']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--marks", default="32768,131072,524288,1048576")
+    ap.add_argument("--chunk", type=int, default=4096)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--dense-prefill-marks", default="32768,131072")
+    ap.add_argument("--dense-decode-filled", default="524288,1048576")
+    ap.add_argument("--dense-limit-s", type=float, default=60.0)
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("long_context needs a CUDA GPU")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = qwen25_7b_config(args.layers)
+    model = build_model(cfg, "cuda")
+    ssa_cfg = SSAConfig.from_name(args.preset, chunk_size=args.chunk)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__, "ssa_config": ssa_cfg.to_dict(),
+              "weights_GiB": torch.cuda.memory_allocated() / GiB, "chunk": args.chunk}
+    marks = [int(m) for m in args.marks.split(",")]
+    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size)
+    json.dump(result, open(out / "long_context.json", "w"), indent=1)
+    result["dense"] = [] if args.skip_dense else dense_run(
+        model, [int(m) for m in args.dense_prefill_marks.split(",") if m], 8192, args.decode_tokens,
+        cfg.vocab_size, args.dense_limit_s)
+    json.dump(result, open(out / "long_context.json", "w"), indent=1)
+    filled = [int(m) for m in args.dense_decode_filled.split(",") if m]
+    result["dense_decode_filled"] = [] if args.skip_dense else dense_decode_filled(
+        model, filled, min(16, args.decode_tokens), cfg.vocab_size)
+    json.dump(result, open(out / "long_context.json", "w"), indent=1)
+    plot(result, out / "long_context.png")
+    print("\n| tokens | SSA prefill s | SSA TTFT s | dense TTFT s | SSA decode ms | dense decode ms | SSA peak GiB "
+          "| dense peak GiB | SSA state GiB | store GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    dense_by = {r["tokens"]: r for r in result["dense"]}
+    for r in result["dense_decode_filled"]:
+        dense_by.setdefault(r["tokens"], r)
+    for r in result["ssa"]:
+        d = dense_by.get(r["tokens"], {})
+        print(f"| {r['tokens']} | {r['prefill_s']:.1f} | {r['ttft_s']:.1f} | {d.get('ttft_s', float('nan')):.1f} "
+              f"| {r['decode_ms_median']:.1f} | {d.get('decode_ms_median', float('nan')):.1f} | {r['peak_GiB']:.1f} "
+              f"| {d.get('peak_GiB', float('nan')):.1f} | {r['ssa_state_GiB']:.2f} | {r['store_GiB']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
