@@ -261,7 +261,8 @@ def run_query(
         t = time.perf_counter()
         try:
             cache = store.load(
-                key, lambda path: SSACache.load(path, model.config, ssa_config), expected_tokens=n_context
+                key, lambda path: SSACache.load(path, model.config, ssa_config, device=loaded.device),
+                expected_tokens=n_context,
             )
         except StateCorrupted as exc:
             ui.warn(f"saved state for this repository was corrupted ({exc}); rebuilding it")

@@ -32,7 +32,7 @@ def key(**changes) -> StateKey:
 
 
 def loader(loaded):
-    return lambda path: SSACache.load(path, loaded.model.config, CFG)
+    return lambda path: SSACache.load(path, loaded.model.config, CFG, device=loaded.device)
 
 
 def test_key_depends_on_every_input():
