@@ -95,3 +95,31 @@ def test_order_is_deterministic(sample_repo, question):
     for _ in range(3):
         again = order_files(map_repository(sample_repo, PackOptions())[1], question)
         assert again.order == first.order and again.relevance == first.relevance
+
+
+@pytest.mark.parametrize(("language", "importer", "spec", "expected"), [
+    ("python", "pkg/sub/mod.py", "..util", ["pkg/util.py"]),
+    ("python", "pkg/sub/mod.py", ".", ["pkg/sub/__init__.py"]),
+    ("python", "tests/test_x.py", "pkg.util", ["pkg/util.py"]),
+    ("javascript", "web/a.js", "./lib", ["web/lib/index.js"]),
+    ("typescript", "web/b.ts", "./c.js", ["web/c.ts"]),
+    ("javascript", "web/a.js", "react", []),
+    ("c", "src/main.c", "util.h", ["include/util.h"]),
+    ("go", "cmd/main.go", "example.com/proj/internal/store", ["internal/store/a.go", "internal/store/b.go"]),
+    ("rust", "src/lib.rs", "net", ["src/net/mod.rs"]),
+    ("rust", "src/main.rs", "crate::net::Client", ["src/net/mod.rs"]),
+    ("java", "src/App.java", "com.acme.Util", ["src/com/acme/Util.java"]),
+    ("kotlin", "src/App.kt", "com.acme.Tools", ["src/com/acme/Tools.kt"]),
+    ("ruby", "lib/app.rb", "helpers", ["lib/helpers.rb"]),
+    ("php", "src/App.php", "App\\Models\\User", ["src/Models/User.php"]),
+    ("csharp", "A.cs", "System.Text", []),
+])
+def test_resolve_import(language, importer, spec, expected):
+    from ssa_code.context.graph import _PathIndex, resolve_import
+
+    paths = ["pkg/util.py", "pkg/sub/__init__.py", "pkg/sub/mod.py", "tests/test_x.py", "web/a.js",
+             "web/lib/index.js", "web/b.ts", "web/c.ts", "src/main.c", "include/util.h", "cmd/main.go",
+             "internal/store/a.go", "internal/store/b.go", "src/lib.rs", "src/main.rs", "src/net/mod.rs",
+             "src/App.java", "src/com/acme/Util.java", "src/App.kt", "src/com/acme/Tools.kt", "lib/app.rb",
+             "lib/helpers.rb", "src/App.php", "src/Models/User.php", "A.cs"]
+    assert resolve_import(language, importer, spec, _PathIndex(paths)) == expected

@@ -229,3 +229,19 @@ def test_modified_working_tree_changes_tree_id(tmp_path):
 def test_path_is_a_path_object_or_string(tmp_path):
     repo = make_repo(tmp_path / "r", {"a.py": "x\n"})
     assert walk_repository(str(repo)).files[0].path == walk_repository(Path(repo)).files[0].path
+
+
+def test_odd_file_names_are_skipped_with_a_reason(tmp_path):
+    repo = make_repo(tmp_path / "r", {"ok.py": "x\n"})
+    fd = os.open(os.path.join(os.fsencode(repo), b"caf\xe9.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"latin-1 name\n")
+    os.close(fd)
+    (repo / "two\nlines.txt").write_text("y\n")
+    (repo / "a (copy).py").write_text("z = 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "names")
+    result = walk_repository(repo)
+    r = reasons(result)
+    assert r["caf\ufffd.txt"] == "file name is not UTF-8"
+    assert r["two\\nlines.txt"] == "file name contains a line break"
+    assert [f.path for f in result.files] == ["a (copy).py", "ok.py"]
