@@ -61,14 +61,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _write_stdout(data: str) -> None:
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is not None:
-        sys.stdout.flush()
-        buffer.write(data.encode("utf-8"))
-        buffer.flush()
-    else:
-        sys.stdout.write(data)
-        sys.stdout.flush()
+    """Write UTF-8 whatever the locale; a reader that closes the pipe (``| head``) ends quietly."""
+    try:
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is not None:
+            sys.stdout.flush()
+            buffer.write(data.encode("utf-8"))
+            buffer.flush()
+        else:
+            sys.stdout.write(data)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print a traceback at exit when flushing the dead pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        # 128 + SIGPIPE, as a command killed by the signal would report.
+        raise typer.Exit(141) from None
 
 
 def load_tokenizer(spec: Optional[str]) -> Any:
