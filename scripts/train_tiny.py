@@ -815,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="cuda (default) or cpu")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the model (falls back to eager if the first step fails)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override any TrainConfig field (e.g. --set num_layers=4), repeatable")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="toy model, toy data, a few steps on CPU: tests every code path")
     args = ap.parse_args(argv)
@@ -828,6 +830,18 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, v)
     if args.data_root:
         cfg.data_root = args.data_root
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in TrainConfig.__dataclass_fields__ or name == "extra":
+            raise SystemExit(f"--set: unknown field {name!r}")
+        current = getattr(cfg, name)
+        if isinstance(current, bool):
+            setattr(cfg, name, value.lower() in ("1", "true", "yes"))
+        elif isinstance(current, tuple):
+            setattr(cfg, name, tuple(int(v) for v in value.split(",")))
+        else:
+            setattr(cfg, name, type(current)(value))
+    cfg.__post_init__()
     if args.compile:
         cfg.compile = True
 

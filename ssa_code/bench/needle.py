@@ -1,0 +1,691 @@
+"""Needle in a haystack of real code: dense, StreamingLLM, H2O, InfLLM-like and SSA side by side.
+
+The haystack is a repository packed by :func:`ssa_code.context.pack_repository` (repository
+map, then one block per file, in the model's own tokenizer). A needle is one planted line
+``SECRET_TOKEN = "<random>"`` inserted, as token ids, at the line boundary of a file body
+nearest to depth ``d`` (re-tokenizing the combined text gives the same ids, see
+:mod:`ssa_code.bench.synthetic`); the prompt ends with the completion cue
+``SECRET_TOKEN = "`` and the score is the exact match of the greedy continuation with the
+value. The multi-key variant (RULER, Hsieh et al. 2024) plants several needles with similar
+keys (``SECRET_TOKEN_<n>``) at other random depths and asks for one.
+
+Methods, all on the same model and the same per-layer slot budget (``--budget`` tokens of
+keys/values per KV head), all but ``dense`` through :class:`ssa_code.SSACache`:
+
+- ``dense``: plain transformers SDPA attention with a full KV cache, while the context is
+  at most ``--dense-max`` tokens (its memory grows with the context);
+- ``streaming``: sinks + recent window (StreamingLLM, Xiao et al. 2023);
+- ``h2o``: sinks + heavy hitters + window (H2O, Zhang et al. 2023);
+- ``infllm``: sinks + window + block retrieval from the store, no summaries, no heavy
+  hitters (InfLLM, Xiao et al. 2024);
+- ``ssa``: every tier (sinks, pinned anchors from the packer, heavy hitters, summaries,
+  retrieval, window).
+
+The GPU machine has no tree-sitter, so packing and running are split::
+
+    python -m ssa_code.bench.needle --repo PATH --pack-only bench_data/haystack.npz   # here
+    python -m ssa_code.bench.needle --tokens bench_data/haystack.npz --out $OUT       # GPU
+
+Output in ``--out``: ``needle.json`` (every cell), ``needle.md`` (tables) and one heatmap
+``needle_<method>.png`` (depth x length, one panel per key count). Cells that the time
+budget (``--max-minutes``) or ``--dense-max`` left out are reported as not run, never guessed.
+A haystack shorter than a requested length is repeated (cycled) and the report says so.
+
+Experimental; the accuracy numbers are only as good as the tiny model they run on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ssa_code.bench.synthetic import LineBoundaries, Needle, encode, random_value
+
+METHODS = ("dense", "streaming", "h2o", "infllm", "ssa")
+HAYSTACK_FORMAT = 1
+DEFAULT_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: int = 64,
+                   sinks: int = 64, max_position: int = 4096, store: str = "host",
+                   index_size: int = 16384) -> dict[str, Any]:
+    """One :class:`ssa_code.SSAConfig` per SSA-cache method, each using at most ``budget`` slots.
+
+    ``budget`` counts key/value slots per layer and KV head (``SSAConfig.capacity``). The
+    recent window is capped at ``max_position - chunk_size`` so no query sees a window key
+    farther than the model's trained range. Split of the budget:
+
+    - streaming: sinks + window;
+    - h2o: sinks + heavy hitters (1/4) + window;
+    - infllm: sinks + retrieval (1/2: ``top_k`` blocks) + window;
+    - ssa: sinks + pinned (1/8) + heavy (1/16) + summaries (1/16) + retrieval (3/8) + window.
+    """
+    from ssa_code import SSAConfig
+
+    if budget < sinks + 4 * block_size:
+        raise ValueError(f"budget {budget} is too small for sinks {sinks} and block {block_size}")
+    w_max = max_position - chunk_size
+    if w_max < block_size:
+        raise ValueError(f"chunk_size {chunk_size} leaves no window within max_position {max_position}")
+    common = dict(sinks=sinks, block_size=block_size, chunk_size=chunk_size, index_size=index_size,
+                  rebase_every=min(256, chunk_size))
+    ring_extra = block_size
+
+    def window(rest: int) -> int:
+        w = min(rest - ring_extra, w_max)
+        w -= w % block_size
+        if w < block_size:
+            raise ValueError(f"budget {budget} leaves no window (rest {rest})")
+        return w
+
+    out: dict[str, Any] = {}
+    out["streaming"] = SSAConfig.from_name(
+        "streaming", window=window(budget - sinks), **common)
+    heavy = budget // 4
+    out["h2o"] = SSAConfig.from_name(
+        "h2o", heavy=heavy, window=window(budget - sinks - heavy), **common)
+    top_k = (budget // 2) // block_size
+    out["infllm"] = SSAConfig.from_name(
+        "infllm", top_k=top_k, store=store, window=window(budget - sinks - top_k * block_size), **common)
+    pinned, heavy, summ = budget // 8, budget // 16, budget // 16
+    top_k = (3 * budget // 8) // block_size
+    rest = budget - sinks - pinned - heavy - summ - top_k * block_size
+    out["ssa"] = SSAConfig.from_name(
+        "default", pinned=pinned, heavy=heavy, summaries=summ, top_k=top_k, store=store,
+        window=window(rest), **common)
+    for name, cfg in out.items():
+        assert cfg.capacity <= budget + ring_extra, (name, cfg.capacity, budget)
+    return out
+
+
+# --------------------------------------------------------------------------- haystack
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Digest of a tokenizer's vocabulary (stable across library versions)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Haystack:
+    """Packed token ids of one or more repositories, with file and anchor spans.
+
+    Attributes:
+        token_ids: int32 ``[T]``.
+        bodies: int64 ``[F, 2]``: token spans ``[start, end)`` of file bodies (header excluded).
+        anchors: int64 ``[A, 2]``: spans to pin (repository maps and file headers).
+        meta: repositories, tree ids, file counts, tokenizer digest.
+    """
+
+    token_ids: np.ndarray
+    bodies: np.ndarray
+    anchors: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, format=HAYSTACK_FORMAT)
+        with open(path, "wb") as f:
+            np.savez_compressed(f, token_ids=self.token_ids.astype(np.int32),
+                                bodies=self.bodies.astype(np.int64),
+                                anchors=self.anchors.astype(np.int64),
+                                meta=np.array(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Haystack":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != HAYSTACK_FORMAT:
+                raise ValueError(f"{path}: haystack format {meta.get('format')}, expected {HAYSTACK_FORMAT}")
+            return cls(z["token_ids"].astype(np.int64), z["bodies"], z["anchors"], meta)
+
+
+def pack_haystack(repos: Sequence[str], tokenizer) -> Haystack:
+    """Pack each repository with the project's packer and concatenate them."""
+    from ssa_code.context import PackOptions, pack_repository
+
+    ids: list[np.ndarray] = []
+    bodies: list[tuple[int, int]] = []
+    anchors: list[tuple[int, int]] = []
+    info = []
+    offset = 0
+    for repo in repos:
+        packed = pack_repository(repo, tokenizer, PackOptions())
+        t = np.asarray(packed.token_ids, dtype=np.int64)
+        ids.append(t)
+        bodies += [(offset + f.header_end, offset + f.token_end) for f in packed.files]
+        anchors += [(offset + s, offset + e) for s, e in packed.anchors]
+        info.append({"repo": str(Path(repo).resolve()), "tree_id": packed.tree_id,
+                     "files": len(packed.files), "tokens": int(t.size)})
+        offset += t.size
+    return Haystack(np.concatenate(ids), np.array(bodies, dtype=np.int64).reshape(-1, 2),
+                    np.array(anchors, dtype=np.int64).reshape(-1, 2),
+                    {"repos": info, "tokenizer": tokenizer_digest(tokenizer), "tokens": int(offset)})
+
+
+def cycled(hay: Haystack, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The first ``n`` tokens of the haystack repeated as often as needed.
+
+    Returns (ids ``[n]``, bodies ``[F', 2]``, anchors ``[A', 2]`` clipped to ``n``, copies).
+    """
+    t = hay.token_ids.size
+    copies = max(1, math.ceil(n / t))
+    ids = np.resize(hay.token_ids, n)
+
+    def spans(s: np.ndarray) -> np.ndarray:
+        rep = np.concatenate([s + k * t for k in range(copies)]) if s.size else s.reshape(0, 2)
+        rep = rep[rep[:, 0] < n]
+        rep[:, 1] = np.minimum(rep[:, 1], n)
+        return rep
+
+    return ids, spans(hay.bodies), spans(hay.anchors), copies
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Prompt:
+    """One benchmark input: ids ``[T]``, spans to pin, the asked needle and where it sits."""
+
+    ids: np.ndarray
+    anchors: list[tuple[int, int]]
+    asked: Needle
+    needle_pos: int
+    copies: int
+
+
+def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, depth: float,
+                 needles: Sequence[Needle], asked: int, rng: random.Random) -> Prompt:
+    """Haystack of about ``length`` tokens with ``needles`` planted and the cue of ``needles[asked]`` last.
+
+    The asked needle goes to the line boundary inside a file body nearest to
+    ``depth * haystack length``; the others to random body line boundaries.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    line_ids = [encode(tokenizer, n.line) for n in needles]
+    cue = encode(tokenizer, needles[asked].cue)
+    room = length - len(cue) - sum(map(len, line_ids))
+    if room < 64:
+        raise ValueError(f"length {length} is too short for the needles")
+    base, bodies, anchors, copies = cycled(hay, room)
+    pos = lines.positions(base)
+    if pos.size == 0:
+        raise ValueError("the haystack has no line boundaries")
+    end = int(pos[-1])
+    base = base[:end]
+    # Boundaries strictly inside a body (between its lines), before the end.
+    inside = np.zeros(pos.size, dtype=bool)
+    if bodies.size:
+        k = np.searchsorted(bodies[:, 0], pos, side="right") - 1
+        ok = k >= 0
+        inside[ok] = (pos[ok] >= bodies[k[ok], 0]) & (pos[ok] < bodies[k[ok], 1])
+    cand = pos[inside & (pos < end)]
+    if cand.size == 0:
+        raise ValueError(f"no file-body line boundary in the first {end} haystack tokens")
+    target = depth * end
+    p_asked = int(cand[np.abs(cand - target).argmin()])
+    places = []
+    for i in range(len(needles)):
+        places.append(p_asked if i == asked else int(cand[rng.randrange(cand.size)]))
+    inserts = sorted(zip(places, range(len(needles))))
+    out: list[int] = []
+    shift_at: list[tuple[int, int]] = []
+    last = 0
+    needle_pos = -1
+    base_l = base.tolist()
+    for p, i in inserts:
+        out.extend(base_l[last:p])
+        if i == asked:
+            needle_pos = len(out)
+        out.extend(line_ids[i])
+        shift_at.append((p, len(line_ids[i])))
+        last = p
+    out.extend(base_l[last:])
+    out.extend(cue)
+
+    # A line inserted at p lands before token p: it moves span starts at or after p and span
+    # ends after p.
+    def moved(x: int, inclusive: bool) -> int:
+        return x + sum(n for p, n in shift_at if (p <= x if inclusive else p < x))
+
+    pins = [(moved(int(s), True), moved(int(e), False)) for s, e in anchors if e <= end]
+    return Prompt(np.asarray(out, dtype=np.int64), pins, needles[asked], needle_pos, copies)
+
+
+def make_needles(rng: random.Random, keys: int) -> tuple[list[Needle], int]:
+    """``SECRET_TOKEN`` alone, or ``keys`` similar ``SECRET_TOKEN_<n>`` keys; one is asked."""
+    if keys == 1:
+        return [Needle("SECRET_TOKEN", random_value(rng, "str", 8), "str")], 0
+    suffixes = rng.sample(range(100, 1000), keys)
+    values: set[str] = set()
+    needles = []
+    for s in suffixes:
+        v = random_value(rng, "str", 8)
+        while v in values:
+            v = random_value(rng, "str", 8)
+        values.add(v)
+        needles.append(Needle(f"SECRET_TOKEN_{s}", v, "str"))
+    return needles, rng.randrange(keys)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Cell:
+    """One measured (method, keys, length, depth) cell; ``correct`` is None when not run."""
+
+    method: str
+    keys: int
+    length: int
+    depth: float
+    correct: bool | None = None
+    prompt_tokens: int = 0
+    needle_depth: float | None = None
+    expected: str = ""
+    output: str = ""
+    seconds: float | None = None
+    gpu_bytes: int = 0
+    store_bytes: int = 0
+    pinned_overflow: int = 0
+    copies: int = 1
+    note: str = ""
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
+    """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``."""
+    import torch
+
+    from ssa_code import SSACache, patch
+    from ssa_code.engine.generate import forward_tokens
+    from ssa_code.engine.prefill import prefill
+
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg, device=device, dtype=model.dtype)
+    try:
+        ids = torch.from_numpy(prompt.ids)[None].to(device)
+        anchors = prompt.anchors if cfg.pinned > 0 else ()
+        logits = prefill(model, cache, ids, chunk_size=cfg.chunk_size, anchors=anchors)[0]
+        out: list[int] = []
+        for i in range(new_tokens):
+            tok = int(torch.argmax(logits))
+            out.append(tok)
+            if i + 1 < new_tokens:
+                logits = forward_tokens(model, cache, torch.tensor([[tok]], device=device))
+        _sync(device)
+        stats = {"gpu_bytes": cache.gpu_bytes(), "store_bytes": cache.store_bytes(),
+                 "pinned_overflow": int(getattr(cache, "pinned_overflow", 0))}
+    finally:
+        cache.close()
+    return out, stats
+
+
+def run_dense(model, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
+    """Plain transformers SDPA with a full KV cache (``model.generate``, greedy)."""
+    import torch
+
+    ids = torch.from_numpy(prompt.ids)[None].to(device)
+    with torch.inference_mode():
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=model.config.pad_token_id)
+    _sync(device)
+    cfg = model.config
+    kv_heads = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    n = ids.shape[1] + new_tokens
+    kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * n * model.dtype.itemsize
+    return gen[0, ids.shape[1]:].tolist(), {"gpu_bytes": int(kv), "store_bytes": 0, "pinned_overflow": 0}
+
+
+def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
+    """(model for the SSA methods, model for dense) from one checkpoint (two instances)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(dtype=dtype, local_files_only=True)
+    ssa_model = dense_model = None
+    if any(m != "dense" for m in methods):
+        ssa_model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kw).to(device).eval()
+    if "dense" in methods:
+        dense_model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), attn_implementation="sdpa", **kw).to(device).eval()
+    torch.set_grad_enabled(False)
+    return ssa_model, dense_model
+
+
+def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: Sequence[int],
+                  depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
+                  configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
+                  device: str | None = None, log=print) -> list[Cell]:
+    """Run every (length, keys, method, depth) cell, shortest lengths first, within ``max_seconds``.
+
+    A cell whose estimated time (from the last cell of the same method, scaled by length)
+    would pass the deadline is recorded as not run.
+    """
+    import torch
+
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    ssa_model, dense_model = load_models(model_dir, dev, dtype, methods)
+    lines = LineBoundaries(tokenizer)
+    t0 = time.time()
+    last_rate: dict[str, float] = {}
+    cells: list[Cell] = []
+    for length in sorted(lengths):
+        for k in keys:
+            for di, depth in enumerate(depths):
+                rng = random.Random(f"{seed}:{length}:{k}:{di}")
+                needles, asked = make_needles(rng, k)
+                prompt = build_prompt(hay, lines, tokenizer, length, float(depth), needles, asked, rng)
+                value = prompt.asked.value
+                new_tokens = len(encode(tokenizer, value)) + 1
+                for m in methods:
+                    cell = Cell(m, k, length, float(depth), prompt_tokens=int(prompt.ids.size),
+                                needle_depth=prompt.needle_pos / prompt.ids.size, expected=value,
+                                copies=prompt.copies)
+                    cells.append(cell)
+                    if m == "dense" and prompt.ids.size > dense_max:
+                        cell.note = f"not run: {prompt.ids.size} tokens > --dense-max {dense_max}"
+                        continue
+                    est = last_rate.get(m, 0.0) * prompt.ids.size
+                    if time.time() - t0 + est > max_seconds:
+                        cell.note = "not run: time budget"
+                        continue
+                    t = time.time()
+                    try:
+                        if m == "dense":
+                            out, stats = run_dense(dense_model, prompt, new_tokens, dev)
+                        else:
+                            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+                    except torch.cuda.OutOfMemoryError as e:
+                        torch.cuda.empty_cache()
+                        cell.note = f"out of memory: {str(e)[:120]}"
+                        continue
+                    dt = time.time() - t
+                    last_rate[m] = dt / prompt.ids.size
+                    text = tokenizer.decode(out)
+                    cell.correct = text.startswith(value)
+                    cell.output = text
+                    cell.seconds = dt
+                    cell.gpu_bytes = stats["gpu_bytes"]
+                    cell.store_bytes = stats["store_bytes"]
+                    cell.pinned_overflow = stats["pinned_overflow"]
+                    log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
+                        f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
+    return cells
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt_len(n: int) -> str:
+    if n >= 2**20 and n % 2**20 == 0:
+        return f"{n // 2**20}M"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}K"
+    return str(n)
+
+
+def summarize(cells: Sequence[Cell]) -> dict:
+    """Accuracy, mean seconds and state bytes per (method, keys, length); None where nothing ran."""
+    out: dict = {}
+    for c in cells:
+        key = (c.method, c.keys, c.length)
+        s = out.setdefault(key, {"run": 0, "correct": 0, "seconds": [], "gpu": [], "store": []})
+        if c.correct is None:
+            continue
+        s["run"] += 1
+        s["correct"] += int(c.correct)
+        s["seconds"].append(c.seconds)
+        s["gpu"].append(c.gpu_bytes)
+        s["store"].append(c.store_bytes)
+    summary = {}
+    for (m, k, n), s in out.items():
+        summary[f"{m}|{k}|{n}"] = {
+            "method": m, "keys": k, "length": n, "run": s["run"],
+            "accuracy": s["correct"] / s["run"] if s["run"] else None,
+            "mean_seconds": float(np.mean(s["seconds"])) if s["seconds"] else None,
+            "gpu_mib": float(np.max(s["gpu"])) / 2**20 if s["gpu"] else None,
+            "store_mib": float(np.max(s["store"])) / 2**20 if s["store"] else None,
+        }
+    return summary
+
+
+def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
+    lengths = sorted({c.length for c in cells})
+    methods = [m for m in METHODS if any(c.method == m for c in cells)]
+    keys = sorted({c.keys for c in cells})
+    head = "| method | keys | " + " | ".join(_fmt_len(n) for n in lengths) + " |"
+    sep = "| --- | --- | " + " | ".join("---" for _ in lengths) + " |"
+
+    def table(field: str, fmt) -> list[str]:
+        rows = [head, sep]
+        for m in methods:
+            for k in keys:
+                vals = []
+                for n in lengths:
+                    s = summary.get(f"{m}|{k}|{n}")
+                    v = None if s is None else s[field]
+                    vals.append("n/a" if v is None else fmt(v, s))
+                rows.append(f"| {m} | {k} | " + " | ".join(vals) + " |")
+        return rows
+
+    lines = [
+        "# Needle in a haystack of packed code",
+        "",
+        f"Model: `{meta['model']}`; device: {meta['device']}; seed {meta['seed']}; "
+        f"{len({c.depth for c in cells})} depths; budget {meta['budget']} slots per layer and KV head; "
+        f"chunk {meta['chunk_size']}.",
+        f"Haystack: {', '.join(r['repo'] + ' (' + str(r['tokens']) + ' tokens)' for r in meta['haystack']['repos'])}; "
+        f"lengths above {meta['haystack']['tokens']} tokens repeat it.",
+        "",
+        "## Exact-match accuracy over depths (`n/a`: not run, see needle.json notes)",
+        "",
+        *table("accuracy", lambda v, s: f"{v:.2f} ({s['run']})"),
+        "",
+        "## Mean seconds per cell (prefill + greedy answer)",
+        "",
+        *table("mean_seconds", lambda v, s: f"{v:.2f}"),
+        "",
+        "## Attention state on the accelerator, MiB (dense: its KV cache)",
+        "",
+        *table("gpu_mib", lambda v, s: f"{v:.1f}"),
+        "",
+        "## Method configurations",
+        "",
+    ]
+    for m, cfg in meta["configs"].items():
+        lines.append(f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
+                                               if k in ("sinks", "pinned", "heavy", "window", "summaries",
+                                                        "top_k", "block_size", "store", "chunk_size")))
+    if "dense" in methods:
+        lines.append(f"- `dense`: transformers SDPA, full KV cache, run up to {meta['dense_max']} tokens")
+    return "\n".join(lines) + "\n"
+
+
+def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
+    """One PNG per method: depth x length, a panel per key count (green right, red wrong, grey not run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    lengths = sorted({c.length for c in cells})
+    depths = sorted({c.depth for c in cells})
+    keys = sorted({c.keys for c in cells})
+    paths = []
+    cmap = ListedColormap(["#d9534f", "#5cb85c"])
+    cmap.set_bad("#cccccc")
+    for m in [m for m in METHODS if any(c.method == m for c in cells)]:
+        width = len(keys) * max(4.0, 1.5 + 0.6 * len(lengths))
+        fig, axes = plt.subplots(1, len(keys), figsize=(width, 4.5), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            grid = np.full((len(depths), len(lengths)), np.nan)
+            for c in cells:
+                if c.method == m and c.keys == k and c.correct is not None:
+                    grid[depths.index(c.depth), lengths.index(c.length)] = float(c.correct)
+            ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto",
+                      origin="upper", interpolation="nearest")
+            ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths], rotation=45)
+            ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel("needle depth")
+            ax.set_title(f"{m}: {'1 key' if k == 1 else f'{k} keys, 1 asked'}")
+        fig.tight_layout()
+        p = out_dir / f"needle_{m}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_lengths(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        mult = 1
+        if part[-1] in "km":
+            mult = 1024 if part[-1] == "k" else 2**20
+            part = part[:-1]
+        try:
+            n = int(float(part) * mult)
+        except ValueError:
+            raise ValueError(f"bad length {part!r}") from None
+        if n < 128:
+            raise ValueError(f"length {n} is too short (at least 128 tokens)")
+        out.append(n)
+    if not out:
+        raise ValueError("no lengths given")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ssa_code.models import TINY_MODEL_DIR
+
+    ap = argparse.ArgumentParser(prog="python -m ssa_code.bench.needle", description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--repo", action="append", help="git repository to pack as the haystack (repeatable)")
+    src.add_argument("--tokens", type=Path, help="haystack written by --pack-only")
+    ap.add_argument("--pack-only", type=Path, help="pack --repo into this .npz file and stop")
+    ap.add_argument("--model", default=str(TINY_MODEL_DIR), help="checkpoint folder (default: bundled tiny)")
+    ap.add_argument("--out", type=Path, help="folder for needle.json, needle.md, needle_<method>.png")
+    ap.add_argument("--lengths", default=",".join(_fmt_len(n) for n in DEFAULT_LENGTHS),
+                    help="comma-separated context lengths, e.g. 4k,16k,1m")
+    ap.add_argument("--depths", type=int, default=10, help="number of depths in [0, 1]")
+    ap.add_argument("--keys", default="1,4", help="needle counts, e.g. 1,4 (multi-key: one asked)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--budget", type=int, default=4096, help="slots per layer and KV head, all methods")
+    ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--sinks", type=int, default=64)
+    ap.add_argument("--store", default="host", choices=("host", "disk", "none"))
+    ap.add_argument("--dense-max", type=int, default=131072, help="longest context run with dense attention")
+    ap.add_argument("--max-minutes", type=float, default=8.0, help="time budget for all cells")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    model_dir = Path(args.model)
+    tok_dir = model_dir if (model_dir / "tokenizer.json").is_file() else TINY_MODEL_DIR
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+
+    if args.repo:
+        hay = pack_haystack(args.repo, tokenizer)
+        print(f"packed {hay.meta['tokens']} tokens from {len(args.repo)} repositories", file=sys.stderr)
+        if args.pack_only:
+            hay.save(args.pack_only)
+            print(f"wrote {args.pack_only}", file=sys.stderr)
+            return 0
+    else:
+        if args.pack_only:
+            return fail("--pack-only needs --repo")
+        hay = Haystack.load(args.tokens)
+    if hay.meta.get("tokenizer") != tokenizer_digest(tokenizer):
+        return fail("the haystack was packed with another tokenizer than the model's")
+    if args.out is None:
+        return fail("--out is required unless --pack-only")
+    try:
+        lengths = parse_lengths(args.lengths)
+        keys = [int(k) for k in args.keys.split(",") if k.strip()]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if args.depths < 1 or any(k < 1 for k in keys):
+            raise ValueError("--depths and --keys must be >= 1")
+        from transformers import AutoConfig
+
+        mcfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        configs = method_configs(args.budget, chunk_size=args.chunk_size, block_size=args.block_size,
+                                 sinks=args.sinks, max_position=mcfg.max_position_embeddings,
+                                 store=args.store)
+    except ValueError as e:
+        return fail(str(e))
+    depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
+                          methods=methods, configs=configs, dense_max=args.dense_max,
+                          max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
+                          log=lambda s: print(s, file=sys.stderr, flush=True))
+    import torch
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {
+        "model": str(model_dir), "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
+        "seed": args.seed, "budget": args.budget, "chunk_size": args.chunk_size,
+        "dense_max": args.dense_max, "haystack": hay.meta, "seconds": time.time() - t0,
+        "configs": {m: c.to_dict() for m, c in configs.items() if m in methods},
+        "torch": torch.__version__,
+    }
+    summary = summarize(cells)
+    (args.out / "needle.json").write_text(json.dumps(
+        {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
+        indent=1) + "\n")
+    (args.out / "needle.md").write_text(markdown(cells, summary, meta))
+    pngs = heatmaps(cells, args.out)
+    print((args.out / "needle.md").read_text())
+    print(f"wrote {args.out / 'needle.json'}, {args.out / 'needle.md'}, "
+          f"{', '.join(p.name for p in pngs)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
