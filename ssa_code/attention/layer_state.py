@@ -97,7 +97,8 @@ class SSALayer(CacheLayerMixin):
         self.n_sink = self.n_pin = self.n_heavy = self.n_stage = 0
         self.frontier = cfg.sinks  # first position still in the window (block grid starts at sinks)
         self.floor = 0  # far keys are shown at positions >= floor (0: true positions)
-        self.staged_ids: torch.Tensor | None = None
+        self.staged_ids = torch.full((h, cfg.top_k if cfg.staging else 0), -1, dtype=torch.int64)
+        self.restage = False
         self.decode_steps = 0
         self._ranges_key: tuple[int, ...] | None = None
         self._ranges: torch.Tensor | None = None
@@ -112,7 +113,7 @@ class SSALayer(CacheLayerMixin):
 
     # -- saving and restoring ---------------------------------------------------------------
 
-    COUNTERS = ("seen", "n_sink", "n_pin", "n_heavy", "n_stage", "frontier", "floor")
+    COUNTERS = ("seen", "n_sink", "n_pin", "n_heavy", "n_stage", "frontier", "floor", "decode_steps")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {"k": self.k, "v": self.v, "k_raw": self.k_raw, "pos": self.pos, "eff": self.eff, "bias": self.bias,
@@ -124,6 +125,7 @@ class SSALayer(CacheLayerMixin):
                     out[f"{tier_name}.{field}"] = t
         for field, t in self.store.state().items():
             out[f"store.{field}"] = t
+        out["store.staged_ids"] = self.staged_ids
         return out
 
     def counters(self) -> dict[str, int]:
@@ -152,9 +154,10 @@ class SSALayer(CacheLayerMixin):
             setattr(self, name, int(counters[name]))
         self.summaries.n = int(counters["summaries.n"])
         self.index.n = int(counters["index.n"])
+        if "staged_ids" in store_parts:
+            self.staged_ids = store_parts.pop("staged_ids").clone()
         if store_parts.get("k") is not None and store_parts["k"].shape[1]:
             self.store.append(store_parts["k"], store_parts["v"])
-        self.staged_ids = None
         self._ranges_key = None
 
     # -- transformers Cache layer API ---------------------------------------------------
@@ -290,40 +293,74 @@ class SSALayer(CacheLayerMixin):
     def _stage(self, q: torch.Tensor, scale: float, refresh: bool) -> None:
         cfg = self.cfg
         n_idx = self.index.n
-        if cfg.staging == 0 or n_idx == 0:
+        if cfg.staging == 0 or n_idx == 0 or not (refresh or self.restage):
             return
-        if not refresh and self.staged_ids is not None:
-            return
+        self.restage = False
         from ssa_code.kernels import score_blocks
 
         scores = score_blocks(q, self.index_rot, n_idx, scale, self.cfg.kernels)
         ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
-        # Order inside the staging tier does not matter: keep a canonical order (-1 last) so an
-        # unchanged selection is recognised and not fetched again.
-        ids = torch.where(ids < 0, torch.iinfo(torch.int64).max, ids).sort(dim=1).values
-        ids = torch.where(ids == torch.iinfo(torch.int64).max, -1, ids)
-        if self.staged_ids is not None and torch.equal(ids, self.staged_ids):
-            return
-        self.staged_ids = ids
-        self._fetch(ids)
+        self._place(ids)
 
-    def _fetch(self, ids: torch.Tensor) -> None:
-        """Copy blocks ``ids [H, K]`` (``-1`` = none) from the store into the staging tier."""
-        cfg, h, b = self.cfg, self.heads, self.cfg.block_size
-        valid = ids >= 0
-        k_blk, v_blk = self.store.fetch(ids.clamp(min=0), self.device)  # [H, K, B, D]
-        kk = ids.shape[1]
-        ids_dev = ids.to(self.device)
-        pos = (cfg.sinks + ids_dev.clamp(min=0)[:, :, None] * b
-               + torch.arange(b, device=self.device)).reshape(h, kk * b)
-        keep = valid.to(self.device)[:, :, None].expand(h, kk, b).reshape(h, kk * b)
-        # A token already held in full by the pinned or heavy tier must not count twice.
-        keep &= ~self._held_elsewhere(pos)
-        bias = torch.where(keep, 0.0, NEG_INF)
-        pos = torch.where(keep, pos, torch.full_like(pos, -1))
-        self._write_far(self.STAGE, k_blk.reshape(h, kk * b, -1), v_blk.reshape(h, kk * b, -1), pos, bias)
-        self.n_stage = kk * b
-        self._mask_covered_summaries(ids)
+    def _place(self, ids: torch.Tensor) -> None:
+        """Make the staging tier hold blocks ``ids [H, K]`` (CPU, ``-1`` = none).
+
+        Blocks already staged stay in their slots; only missing ones are fetched from the
+        store, into slots whose block is no longer wanted (decode re-selects mostly the same).
+        """
+        old = self.staged_ids
+        h, b = self.heads, self.cfg.block_size
+        # Per-head membership in one isin call: offset each head's ids apart.
+        offs = torch.arange(h)[:, None] * (self.store.num_blocks + 1)
+        kept = (old >= 0) & torch.isin(old + offs, ids + offs)
+        needed = (ids >= 0) & ~torch.isin(ids + offs, old + offs)
+        if bool(kept[old >= 0].all()) and not bool(needed.any()):
+            return
+        new = torch.where(kept, old, -1)
+        heads, slots, blocks = [], [], []
+        for head in range(h):
+            want = ids[head][needed[head]]
+            free = (~kept[head]).nonzero().squeeze(1)[: want.numel()]
+            new[head, free] = want
+            heads.append(torch.full_like(want, head))
+            slots.append(free)
+            blocks.append(want)
+        heads_t, slots_t, blocks_t = torch.cat(heads), torch.cat(slots), torch.cat(blocks)
+        dev = self.device
+        # Slots that now hold nothing: empty them.
+        emptied = (old >= 0) & (new < 0)
+        if bool(emptied.any()):
+            eh, es = emptied.nonzero(as_tuple=True)
+            tok = (self.STAGE + es[:, None] * b + torch.arange(b)).reshape(-1)
+            self.pos[eh.repeat_interleave(b).to(dev), tok.to(dev)] = -1
+        if blocks_t.numel():
+            k_blk, v_blk = self.store.fetch(heads_t, blocks_t, dev)  # [n, B, D]
+            ar = torch.arange(b, device=dev)
+            hh = heads_t.to(dev).repeat_interleave(b)
+            ss = (self.STAGE + slots_t.to(dev)[:, None] * b + ar).reshape(-1)
+            pos = (self.cfg.sinks + blocks_t.to(dev)[:, None] * b + ar).reshape(-1)
+            eff = self._eff(pos)
+            k_raw = k_blk.reshape(-1, k_blk.shape[-1])
+            self.k_raw[hh, ss] = k_raw
+            self.k[hh, ss] = rotate(k_raw, eff, self.cache.inv_freq_on(dev))
+            self.v[hh, ss] = v_blk.reshape(-1, v_blk.shape[-1])
+            self.pos[hh, ss] = pos
+            self.eff[hh, ss] = eff
+            self.mass[hh, ss] = 0.0
+        self.staged_ids = new
+        self.n_stage = self.cfg.staging
+        self._remask_staging()
+
+    def _remask_staging(self) -> None:
+        """Staged tokens also held by the pinned or heavy tier, or empty slots, get bias -inf;
+        summaries covering a staged block are masked (each token counts once)."""
+        if self.n_stage == 0:
+            return
+        sl = slice(self.STAGE, self.STAGE + self.n_stage)
+        pos = self.pos[:, sl]
+        keep = (pos >= 0) & ~self._held_elsewhere(pos)
+        self.bias[:, sl] = torch.where(keep, 0.0, NEG_INF)
+        self._mask_covered_summaries(self.staged_ids)
 
     def _held_elsewhere(self, pos: torch.Tensor) -> torch.Tensor:
         """``pos [H, n]`` -> mask of positions present in this head's pinned or heavy slots."""
@@ -429,7 +466,7 @@ class SSALayer(CacheLayerMixin):
         # Store and index: the full-resolution blocks and one mean key per block. New index
         # entries must be able to take part at the next step: re-stage then.
         self.store.append(blocks_k, blocks_v)
-        self.staged_ids = None
+        self.restage = True
         ids = torch.arange(first_block, first_block + nb, device=dev)
         if self.index.capacity:
             merged = self.index.add(blocks_k.float().mean(2), None, torch.ones(nb, device=dev), ids, ids + 1)
@@ -468,8 +505,7 @@ class SSALayer(CacheLayerMixin):
         self._write_far(self.SUMM, self.summaries.key[:, :n], self.summaries.value[:, :n], pos,
                         self.summaries.count[:n].log()[None, :].expand(self.heads, n))
         # Fresh summary biases must still exclude the spans of the blocks staged now.
-        if self.staged_ids is not None:
-            self._mask_covered_summaries(self.staged_ids)
+        self._mask_covered_summaries(self.staged_ids)
 
     def _update_heavy(self, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor) -> None:
         """Keep the ``heavy`` tokens of highest mass among current heavy hitters and the candidates."""
@@ -485,6 +521,7 @@ class SSALayer(CacheLayerMixin):
         self._write_far(self.HEAVY, all_k.gather(1, idx3), all_v.gather(1, idx3), all_p.gather(1, keep), 0.0,
                         all_m.gather(1, keep))
         self.n_heavy = keep.shape[1]
-        # Tokens that left the heavy tier may sit masked in a staged block: re-stage next step.
-        self.staged_ids = None
+        # Tokens that left the heavy tier may sit masked in a staged block, and new heavy
+        # hitters may sit unmasked in one.
+        self._remask_staging()
 

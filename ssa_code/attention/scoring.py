@@ -37,22 +37,22 @@ def select_blocks(
         return out
     s = scores[:, :n_valid].float()
     share = torch.softmax(s, dim=-1)
-    order = torch.argsort(s, dim=-1, descending=True, stable=True)
-    sizes = (hi[:n_valid] - lo[:n_valid]).to(order.device)[order]
-    keep = (share.gather(1, order) >= threshold) & (sizes <= top_k)
-    # Greedy in score order: an entry fits if the blocks taken before it plus its own fit.
-    taken = torch.cumsum(sizes * keep, dim=-1)
-    keep &= taken <= top_k
-    order, keep = order.cpu(), keep.cpu()
-    lo_c, hi_c = lo[:n_valid].cpu(), hi[:n_valid].cpu()
+    # Every entry holds at least one block, so the best top_k entries are all that can be taken.
+    k = min(top_k, n_valid)
+    top_i = torch.topk(s, k, dim=-1).indices  # best first
+    lo_d, hi_d = lo[:n_valid].to(s.device), hi[:n_valid].to(s.device)
+    sizes = (hi_d - lo_d)[top_i]
+    keep = (share.gather(1, top_i) >= threshold) & (sizes <= top_k)
+    # Greedy in score order: an entry is taken if the blocks before it plus its own fit.
+    keep &= torch.cumsum(sizes * keep, dim=-1) <= top_k
+    starts = lo_d[top_i]
+    # One small transfer to the host (block ids address the host store).
+    starts, sizes, keep = starts.cpu(), sizes.cpu(), keep.cpu()
+    if bool((sizes == 1).all()):
+        out[:, :k] = torch.where(keep, starts, -1)
+        return out
     for h in range(heads):
-        entries = order[h][keep[h]]
-        if entries.numel() == 0:
-            continue
-        starts, ends = lo_c[entries], hi_c[entries]
-        if bool(((ends - starts) == 1).all()):
-            ids = starts
-        else:
-            ids = torch.cat([torch.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())])
-        out[h, : ids.numel()] = ids[:top_k]
+        firsts, counts = starts[h][keep[h]].tolist(), sizes[h][keep[h]].tolist()
+        ids = [b for first, c in zip(firsts, counts) for b in range(first, first + c)][:top_k]
+        out[h, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
     return out

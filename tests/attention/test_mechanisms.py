@@ -85,3 +85,26 @@ def test_heavy_hitter_tier_holds_the_most_attended_tokens():
     # Mass is sorted: the tier keeps the highest-mass tokens first.
     m = layer.mass[:, layer.HEAVY: layer.HEAVY + layer.n_heavy]
     assert (m[:, :-1] >= m[:, 1:]).all()
+
+
+def test_staging_fetches_only_missing_blocks():
+    model = tiny_model("llama")
+    cfg = SMALL.replace(top_k=4)
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg)
+    prefill(model, cache, torch.randint(0, 300, (1, 600), generator=torch.Generator().manual_seed(0)), chunk_size=100)
+    layer = cache.layers[0]
+    fetched = []
+    original = layer.store.fetch
+    layer.store.fetch = lambda heads, ids, dev: (fetched.append(ids.clone()), original(heads, ids, dev))[1]
+    ids = layer.staged_ids.clone()
+    layer._place(ids)
+    assert fetched == []
+    swapped = ids.clone()
+    swapped[0, 0] = next(b for b in range(layer.store.num_blocks) if b not in ids[0].tolist())
+    before = layer.k[0, layer.STAGE + 1 * cfg.block_size].clone()
+    layer._place(swapped)
+    assert len(fetched) == 1 and fetched[0].tolist() == [swapped[0, 0].item()]
+    # Untouched slots keep their content; the new block sits where the dropped one was.
+    assert torch.equal(layer.k[0, layer.STAGE + 1 * cfg.block_size], before)
+    assert layer.pos[0, layer.STAGE].item() == cfg.sinks + swapped[0, 0].item() * cfg.block_size
