@@ -71,6 +71,11 @@ def main() -> None:
             pos += args.chunk
         torch.cuda.synchronize()
         print(f"warm-up prefill {args.tokens} tokens, {args.layers} layers: {time.perf_counter() - t:.2f} s")
+        # Compile the decode kernels before timing them.
+        warm = torch.randint(0, 1000, (1, 1), device="cuda")
+        for _ in range(16):
+            forward_chunk(model, cache, warm, pos)
+            pos += 1
         totals: dict = collections.defaultdict(float)
         instrument(totals)
         t = time.perf_counter()
