@@ -155,8 +155,13 @@ class Haystack:
             return cls(z["token_ids"].astype(np.int64), z["bodies"], z["anchors"], meta)
 
 
-def pack_haystack(repos: Sequence[str], tokenizer) -> Haystack:
-    """Pack each repository with the project's packer and concatenate them."""
+def pack_haystack(repos: Sequence[str], tokenizer, exclude: Sequence[str] = (),
+                  max_tokens: int | None = None) -> Haystack:
+    """Pack each repository with the project's packer and concatenate them.
+
+    ``exclude``: path globs left out of every pack; ``max_tokens``: keep only the first
+    tokens (file and anchor spans clipped).
+    """
     from ssa_code.context import PackOptions, pack_repository
 
     ids: list[np.ndarray] = []
@@ -165,7 +170,7 @@ def pack_haystack(repos: Sequence[str], tokenizer) -> Haystack:
     info = []
     offset = 0
     for repo in repos:
-        packed = pack_repository(repo, tokenizer, PackOptions())
+        packed = pack_repository(repo, tokenizer, PackOptions(exclude=tuple(exclude)))
         t = np.asarray(packed.token_ids, dtype=np.int64)
         ids.append(t)
         bodies += [(offset + f.header_end, offset + f.token_end) for f in packed.files]
@@ -173,9 +178,16 @@ def pack_haystack(repos: Sequence[str], tokenizer) -> Haystack:
         info.append({"repo": str(Path(repo).resolve()), "tree_id": packed.tree_id,
                      "files": len(packed.files), "tokens": int(t.size)})
         offset += t.size
-    return Haystack(np.concatenate(ids), np.array(bodies, dtype=np.int64).reshape(-1, 2),
-                    np.array(anchors, dtype=np.int64).reshape(-1, 2),
-                    {"repos": info, "tokenizer": tokenizer_digest(tokenizer), "tokens": int(offset)})
+    all_ids = np.concatenate(ids)
+    b = np.array(bodies, dtype=np.int64).reshape(-1, 2)
+    a = np.array(anchors, dtype=np.int64).reshape(-1, 2)
+    if max_tokens is not None and all_ids.size > max_tokens:
+        all_ids = all_ids[:max_tokens]
+        b, a = b[b[:, 0] < max_tokens], a[a[:, 1] <= max_tokens]
+        b[:, 1] = np.minimum(b[:, 1], max_tokens)
+    return Haystack(all_ids, b, a, {"repos": info, "tokenizer": tokenizer_digest(tokenizer),
+                                    "tokens": int(all_ids.size), "packed_tokens": int(offset),
+                                    "exclude": list(exclude)})
 
 
 def cycled(hay: Haystack, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -381,17 +393,23 @@ def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
 def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: Sequence[int],
                   depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
-                  device: str | None = None, log=print) -> list[Cell]:
-    """Run every (length, keys, method, depth) cell, shortest lengths first, within ``max_seconds``.
+                  device: str | None = None, rounds: int = 1, log=print,
+                  on_progress=None) -> list[Cell]:
+    """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
-    A cell whose estimated time (from the last cell of the same method, scaled by length)
-    would pass the deadline is recorded as not run.
+    Depths are visited in ``rounds`` interleaved passes (round r takes depth indices
+    ``r, r + rounds, ...``), each pass over all lengths from the shortest, so a time budget
+    that runs out still leaves some depths measured at every length. A cell whose estimated
+    time (from the last cell of the same method, scaled by length) would pass the deadline
+    is recorded as not run. ``on_progress(cells)`` is called after each (round, length).
     """
     import torch
 
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     ssa_model, dense_model = load_models(model_dir, dev, dtype, methods)
@@ -399,48 +417,62 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     t0 = time.time()
     last_rate: dict[str, float] = {}
     cells: list[Cell] = []
-    for length in sorted(lengths):
-        for k in keys:
-            for di, depth in enumerate(depths):
-                rng = random.Random(f"{seed}:{length}:{k}:{di}")
-                needles, asked = make_needles(rng, k)
-                prompt = build_prompt(hay, lines, tokenizer, length, float(depth), needles, asked, rng)
-                value = prompt.asked.value
-                new_tokens = len(encode(tokenizer, value)) + 1
-                for m in methods:
-                    cell = Cell(m, k, length, float(depth), prompt_tokens=int(prompt.ids.size),
-                                needle_depth=prompt.needle_pos / prompt.ids.size, expected=value,
-                                copies=prompt.copies)
-                    cells.append(cell)
-                    if m == "dense" and prompt.ids.size > dense_max:
-                        cell.note = f"not run: {prompt.ids.size} tokens > --dense-max {dense_max}"
-                        continue
-                    est = last_rate.get(m, 0.0) * prompt.ids.size
-                    if time.time() - t0 + est > max_seconds:
-                        cell.note = "not run: time budget"
-                        continue
-                    t = time.time()
-                    try:
-                        if m == "dense":
-                            out, stats = run_dense(dense_model, prompt, new_tokens, dev)
-                        else:
-                            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
-                    except torch.cuda.OutOfMemoryError as e:
-                        torch.cuda.empty_cache()
-                        cell.note = f"out of memory: {str(e)[:120]}"
-                        continue
-                    dt = time.time() - t
-                    last_rate[m] = dt / prompt.ids.size
-                    text = tokenizer.decode(out)
-                    cell.correct = text.startswith(value)
-                    cell.output = text
-                    cell.seconds = dt
-                    cell.gpu_bytes = stats["gpu_bytes"]
-                    cell.store_bytes = stats["store_bytes"]
-                    cell.pinned_overflow = stats["pinned_overflow"]
-                    log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
-                        f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
+    for r in range(rounds):
+        for length in sorted(lengths):
+            for k in keys:
+                for di in range(r, len(depths), rounds):
+                    depth = float(depths[di])
+                    rng = random.Random(f"{seed}:{length}:{k}:{di}")
+                    needles, asked = make_needles(rng, k)
+                    prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng)
+                    for m in methods:
+                        cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs,
+                                               ssa_model, dense_model, dev, dense_max,
+                                               t0 + max_seconds, last_rate, log))
+            if on_progress is not None:
+                on_progress(cells)
     return cells
+
+
+def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokenizer, configs,
+              ssa_model, dense_model, dev, dense_max: int, deadline: float,
+              last_rate: dict[str, float], log) -> Cell:
+    import torch
+
+    value = prompt.asked.value
+    new_tokens = len(encode(tokenizer, value)) + 1
+    cell = Cell(m, k, length, depth, prompt_tokens=int(prompt.ids.size),
+                needle_depth=prompt.needle_pos / prompt.ids.size, expected=value,
+                copies=prompt.copies)
+    if m == "dense" and prompt.ids.size > dense_max:
+        cell.note = f"not run: {prompt.ids.size} tokens > --dense-max {dense_max}"
+        return cell
+    est = last_rate.get(m, 0.0) * prompt.ids.size
+    if time.time() + est > deadline:
+        cell.note = "not run: time budget"
+        return cell
+    t = time.time()
+    try:
+        if m == "dense":
+            out, stats = run_dense(dense_model, prompt, new_tokens, dev)
+        else:
+            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        cell.note = f"out of memory: {str(e)[:120]}"
+        return cell
+    dt = time.time() - t
+    last_rate[m] = dt / prompt.ids.size
+    text = tokenizer.decode(out)
+    cell.correct = text.startswith(value)
+    cell.output = text
+    cell.seconds = dt
+    cell.gpu_bytes = stats["gpu_bytes"]
+    cell.store_bytes = stats["store_bytes"]
+    cell.pinned_overflow = stats["pinned_overflow"]
+    log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
+        f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
+    return cell
 
 
 # --------------------------------------------------------------------------- reporting
@@ -560,6 +592,7 @@ def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
             ax.set_xlabel("context length (tokens)")
             ax.set_ylabel("needle depth")
             ax.set_title(f"{m}: {'1 key' if k == 1 else f'{k} keys, 1 asked'}")
+        fig.suptitle("exact match: green right, red wrong, grey not run", fontsize=9)
         fig.tight_layout()
         p = out_dir / f"needle_{m}.png"
         fig.savefig(p, dpi=110)
@@ -601,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--repo", action="append", help="git repository to pack as the haystack (repeatable)")
     src.add_argument("--tokens", type=Path, help="haystack written by --pack-only")
     ap.add_argument("--pack-only", type=Path, help="pack --repo into this .npz file and stop")
+    ap.add_argument("--exclude", action="append", default=[], help="path glob left out of the pack (repeatable)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="keep only the first tokens of the pack")
     ap.add_argument("--model", default=str(TINY_MODEL_DIR), help="checkpoint folder (default: bundled tiny)")
     ap.add_argument("--out", type=Path, help="folder for needle.json, needle.md, needle_<method>.png")
     ap.add_argument("--lengths", default=",".join(_fmt_len(n) for n in DEFAULT_LENGTHS),
@@ -616,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dense-max", type=int, default=131072, help="longest context run with dense attention")
     ap.add_argument("--max-minutes", type=float, default=8.0, help="time budget for all cells")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved passes over the depths (each covers all lengths)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -630,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
 
     if args.repo:
-        hay = pack_haystack(args.repo, tokenizer)
+        hay = pack_haystack(args.repo, tokenizer, args.exclude, args.max_tokens)
         print(f"packed {hay.meta['tokens']} tokens from {len(args.repo)} repositories", file=sys.stderr)
         if args.pack_only:
             hay.save(args.pack_only)
@@ -660,27 +697,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
-                          methods=methods, configs=configs, dense_max=args.dense_max,
-                          max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
-                          log=lambda s: print(s, file=sys.stderr, flush=True))
     import torch
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "model": str(model_dir), "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "seed": args.seed, "budget": args.budget, "chunk_size": args.chunk_size,
-        "dense_max": args.dense_max, "haystack": hay.meta, "seconds": time.time() - t0,
+        "dense_max": args.dense_max, "haystack": hay.meta, "rounds": args.rounds,
         "configs": {m: c.to_dict() for m, c in configs.items() if m in methods},
-        "torch": torch.__version__,
+        "torch": torch.__version__, "argv": list(argv) if argv is not None else sys.argv[1:],
     }
-    summary = summarize(cells)
-    (args.out / "needle.json").write_text(json.dumps(
-        {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
-        indent=1) + "\n")
-    (args.out / "needle.md").write_text(markdown(cells, summary, meta))
-    pngs = heatmaps(cells, args.out)
+    t0 = time.time()
+
+    def write(cells: Sequence[Cell]) -> list[Path]:
+        # Written after every length, so a run cut short still leaves its measurements.
+        meta["seconds"] = round(time.time() - t0, 1)
+        summary = summarize(cells)
+        (args.out / "needle.json").write_text(json.dumps(
+            {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
+            indent=1) + "\n")
+        (args.out / "needle.md").write_text(markdown(cells, summary, meta))
+        return heatmaps(cells, args.out)
+
+    try:
+        cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
+                              methods=methods, configs=configs, dense_max=args.dense_max,
+                              max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
+                              rounds=args.rounds, log=lambda s: print(s, file=sys.stderr, flush=True),
+                              on_progress=write)
+    except ValueError as e:
+        return fail(str(e))
+    pngs = write(cells)
     print((args.out / "needle.md").read_text())
     print(f"wrote {args.out / 'needle.json'}, {args.out / 'needle.md'}, "
           f"{', '.join(p.name for p in pngs)}", file=sys.stderr)
