@@ -929,6 +929,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for _ in range(cfg.grad_accum):
                 x, y, w, n_ret = batcher.batch(cfg.micro_batch, cfg.seq_len)
+                if device.type == "cuda":
+                    # Pinned host memory makes the copy asynchronous, so the next batch is
+                    # built on the CPU while the GPU still runs this one.
+                    x, y, w = (t.contiguous().pin_memory() for t in (x, y, w))
                 x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
                 loss, plain = loss_fn(run_model, x, y, w)
                 (loss / cfg.grad_accum).backward()
