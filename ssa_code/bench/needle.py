@@ -220,6 +220,7 @@ class Prompt:
     asked: Needle
     needle_pos: int
     copies: int
+    cue_len: int
 
 
 def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, depth: float,
@@ -278,7 +279,7 @@ def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, d
         return x + sum(n for p, n in shift_at if (p <= x if inclusive else p < x))
 
     pins = [(moved(int(s), True), moved(int(e), False)) for s, e in anchors if e <= end]
-    return Prompt(np.asarray(out, dtype=np.int64), pins, needles[asked], needle_pos, copies)
+    return Prompt(np.asarray(out, dtype=np.int64), pins, needles[asked], needle_pos, copies, len(cue))
 
 
 def make_needles(rng: random.Random, keys: int) -> tuple[list[Needle], int]:
@@ -329,7 +330,10 @@ def _sync(device) -> None:
 
 
 def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
-    """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``."""
+    """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``.
+
+    The haystack is prefilled in ``cfg.chunk_size`` chunks and the cue as one final chunk.
+    """
     import torch
 
     from ssa_code import SSACache, patch
@@ -341,7 +345,11 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[i
     try:
         ids = torch.from_numpy(prompt.ids)[None].to(device)
         anchors = prompt.anchors if cfg.pinned > 0 else ()
-        logits = prefill(model, cache, ids, chunk_size=cfg.chunk_size, anchors=anchors)[0]
+        # The cue is its own (last) chunk, as a question after a packed repository would be:
+        # block selection for the answer is then driven by the cue's queries alone.
+        split = ids.shape[1] - prompt.cue_len
+        prefill(model, cache, ids[:, :split], chunk_size=cfg.chunk_size, anchors=anchors)
+        logits = prefill(model, cache, ids[:, split:], chunk_size=cfg.chunk_size)[0]
         out: list[int] = []
         for i in range(new_tokens):
             tok = int(torch.argmax(logits))

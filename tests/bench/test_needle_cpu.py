@@ -23,7 +23,7 @@ pytestmark = [
                        reason="tiny model checkpoint absent: train it with scripts/train_tiny.py"),
 ]
 
-LENGTH = 1536
+LENGTH = 2048
 DEPTHS = [0.15, 0.35]
 
 
@@ -31,7 +31,7 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
     monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
     tok = default_tokenizer()
     hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], tok)
-    configs = method_configs(640, chunk_size=256, block_size=32, sinks=16, max_position=4096,
+    configs = method_configs(640, chunk_size=512, block_size=32, sinks=16, max_position=4096,
                              index_size=256)
     cells = run_benchmark(hay, tok, TINY_MODEL_DIR, lengths=[LENGTH], depths=DEPTHS, keys=[1],
                           methods=["dense", "streaming", "ssa"], configs=configs, dense_max=LENGTH,
