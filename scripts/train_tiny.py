@@ -383,9 +383,16 @@ def build_corpora(cfg: TrainConfig, tokenizer_path: Path, log: Log) -> tuple[Cor
                 n_packs += 1
             pending.clear()
 
+        # The deadline never leaves a corpus below min_tok (listing a huge tree can eat the
+        # data time before tokenizing starts).
+        min_tok = min(target, max(4 * cfg.seq_len * cfg.micro_batch, target // 80))
+
+        def done() -> bool:
+            return n_tok >= target or (time.time() > deadline and n_tok >= min_tok)
+
         pend_bytes = 0
         for g in group_names:
-            if n_tok >= target or time.time() > deadline:
+            if done():
                 break
             n_groups += 1
             for t, n_f in pack_texts(g, groups[g], root, cfg.pack_bytes):
@@ -396,7 +403,7 @@ def build_corpora(cfg: TrainConfig, tokenizer_path: Path, log: Log) -> tuple[Cor
                 if pend_bytes > min(32_000_000, max(200_000, target)):
                     drain()
                     pend_bytes = 0
-                    if n_tok >= target or time.time() > deadline:
+                    if done():
                         break
         if pending:
             drain()
@@ -425,7 +432,7 @@ def build_corpora(cfg: TrainConfig, tokenizer_path: Path, log: Log) -> tuple[Cor
         "seconds": round(time.time() - t0, 1),
     }
     log(f"train corpus: {tr.tokens.size / 1e6:.1f}M tokens from {tr.files} files in "
-        f"{tr.groups} groups ({tr.chars / 1e6:.0f}M characters, "
+        f"{tr.groups} groups ({tr.chars / 1e6:.1f}M characters, "
         f"{tr.chars / max(1, tr.tokens.size):.2f} characters/token); eval corpus: {ev.tokens.size / 1e6:.2f}M tokens from {ev.files} files "
         f"in {ev.groups} groups; {stats['seconds']}s")
     return tr, ev, stats
