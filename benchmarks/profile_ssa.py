@@ -18,7 +18,7 @@ from ssa_code.attention import layer_state
 from ssa_code.bench.long_context import build_model, qwen25_7b_config
 from ssa_code.engine.prefill import forward_chunk
 
-PHASES = ("_rebase", "_stage", "_commit", "_evict", "_fetch")
+PHASES = ("_rebase", "_stage", "_place", "_commit", "_evict", "_update_heavy", "_write_summaries")
 
 
 def instrument(totals: dict) -> None:

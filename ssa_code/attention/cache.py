@@ -73,6 +73,7 @@ class SSACache(Cache):
         self._inv_freq_dev: dict[torch.device, torch.Tensor] = {}
         self.far_distance = ssa_config.far_distance or default_far_distance(
             model_config, ssa_config.chunk_size, ssa_config.rebase_every)
+        self._accepted: list[Any] = []
         self.pinned = PinnedSpans()
         self.pinned_overflow = 0
         self.track_sources = False
@@ -98,10 +99,14 @@ class SSACache(Cache):
 
     def check_model(self, model_config: Any) -> None:
         """Refuse a model whose shape differs from the one this cache was built for."""
+        # Called by every layer's attention: remember configs already accepted.
+        if any(c is model_config for c in self._accepted):
+            return
         theirs = model_fingerprint(model_config)
         if theirs != self.fingerprint:
             diff = {k: (self.fingerprint[k], theirs[k]) for k in theirs if theirs[k] != self.fingerprint.get(k)}
             raise ValueError(f"this SSACache was built for another model configuration (cache vs model: {diff})")
+        self._accepted.append(model_config)
 
     # -- anchors ------------------------------------------------------------------------
 

@@ -259,11 +259,12 @@ class SSALayer(CacheLayerMixin):
         self.floor = floor
         w = self.WIN
         target = effective_positions(self.pos[:, :w], floor + far, far)
-        changed = target != self.eff
-        if bool(changed.any()):
-            idx = changed.nonzero(as_tuple=True)
-            self.k[:, :w][idx] = rotate(self.k_raw[idx], target[idx], self.cache.inv_freq_on(self.device))
-            self.eff[idx] = target[idx]
+        # Rotating every far key (a few thousand per head) costs less than finding the moved
+        # ones, which would stall the host on a device synchronisation.
+        moved = (target != self.eff)[..., None]
+        self.k[:, :w] = torch.where(moved, rotate(self.k_raw, target, self.cache.inv_freq_on(self.device)),
+                                    self.k[:, :w])
+        self.eff.copy_(target)
         n = self.index.n
         if n:
             self.index_rot[:, :n] = rotate(self.index.key[:, :n], self._eff(self.index.pos[:n]).expand(self.heads, n),
@@ -311,7 +312,7 @@ class SSALayer(CacheLayerMixin):
         old = self.staged_ids
         h, b = self.heads, self.cfg.block_size
         # Per-head membership in one isin call: offset each head's ids apart.
-        offs = torch.arange(h)[:, None] * (self.store.num_blocks + 1)
+        offs = torch.arange(h)[:, None] << 40
         kept = (old >= 0) & torch.isin(old + offs, ids + offs)
         needed = (ids >= 0) & ~torch.isin(ids + offs, old + offs)
         if bool(kept[old >= 0].all()) and not bool(needed.any()):
@@ -482,12 +483,13 @@ class SSALayer(CacheLayerMixin):
                                pos.view(nb, b)[:, 0] + b)
             self._write_summaries()
         # Anchors: pinned spans keep their tokens; the rest compete for the heavy-hitter tier.
-        pinned = self.cache.pinned.contains(pos)
-        if bool(pinned.any()):
-            sel = pinned.nonzero().squeeze(1)
+        # Membership is decided on the host (spans are host data): no device synchronisation.
+        pinned = self.cache.pinned.contains(torch.arange(lo, hi))
+        sel = pinned.nonzero().squeeze(1)
+        if sel.numel():
             room = self.cfg.pinned - self.n_pin
-            take = sel[:room]
-            self.cache.pinned_overflow += int(sel.numel() - take.numel())
+            take = sel[:room].to(dev)
+            self.cache.pinned_overflow += int(sel.numel() - min(room, sel.numel()))
             if take.numel():
                 self._write_far(self.PIN + self.n_pin, k_raw[:, take], v[:, take], pos[take].expand(h, -1), 0.0,
                                 mass[:, take])
@@ -495,6 +497,7 @@ class SSALayer(CacheLayerMixin):
         if self.cfg.heavy:
             cand = (~pinned).nonzero().squeeze(1)
             if cand.numel():
+                cand = cand.to(dev)
                 self._update_heavy(k_raw[:, cand], v[:, cand], pos[cand].expand(h, -1), mass[:, cand])
 
     def _write_summaries(self) -> None:

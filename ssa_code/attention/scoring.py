@@ -47,7 +47,8 @@ def select_blocks(
     keep &= torch.cumsum(sizes * keep, dim=-1) <= top_k
     starts = lo_d[top_i]
     # One small transfer to the host (block ids address the host store).
-    starts, sizes, keep = starts.cpu(), sizes.cpu(), keep.cpu()
+    starts, sizes, keep = torch.stack([starts, sizes, keep.long()]).cpu().unbind(0)
+    keep = keep.bool()
     if bool((sizes == 1).all()):
         out[:, :k] = torch.where(keep, starts, -1)
         return out

@@ -4,7 +4,7 @@ One store per layer. Blocks are appended in order (block ``j`` covers positions
 ``sinks + j * B ... sinks + (j + 1) * B - 1``) and fetched by id when relevance scoring
 selects them. Keys are stored un-rotated (see ``positions.py``).
 
-- ``HostStore``: pages of host RAM (page-locked on CUDA so fetches can overlap compute).
+- ``HostStore``: pages of (pageable) host RAM.
 - ``DiskStore``: pages of a memory-mapped file per layer under ``store_dir``.
 - ``NoStore``: keeps nothing; SSA then runs store-free (no retrieval).
 
@@ -67,6 +67,8 @@ class _PagedStore(BlockStore):
 
     def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
         super().__init__(heads, block, dim, dtype)
+        self._bounce: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.cuda.Event] | None = None
         self.k_pages: list[torch.Tensor] = []
         self.v_pages: list[torch.Tensor] = []
 
@@ -74,13 +76,40 @@ class _PagedStore(BlockStore):
         raise NotImplementedError
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        n = k.shape[1]
+        """Append ``n`` blocks ``k, v [H, n, B, D]``.
+
+        From a CUDA device the copy is asynchronous: blocks land in a page-locked bounce
+        buffer and reach their pages at the next append, fetch or state read, by which time
+        the copy has long finished. The host never waits for the device here.
+        """
+        self._flush()
         # [H, n, B, D] -> [n, H, B, D]: a block is one contiguous run in its page.
         k = k.transpose(0, 1)
         v = v.transpose(0, 1)
-        # Into page-locked pages the device-to-host copy is asynchronous; whoever reads a
-        # page (fetch) runs after a host synchronisation of the same stream (block selection).
-        asynchronous = k.is_cuda and self._pinned
+        if k.is_cuda:
+            n = k.shape[0]
+            if self._bounce is None or self._bounce[0].shape[0] < n:
+                shape = (max(n, 2 * (0 if self._bounce is None else self._bounce[0].shape[0])),) + tuple(k.shape[1:])
+                self._bounce = (torch.empty(shape, dtype=self.dtype, pin_memory=True),
+                                torch.empty(shape, dtype=self.dtype, pin_memory=True))
+            kb, vb = self._bounce[0][:n], self._bounce[1][:n]
+            kb.copy_(k, non_blocking=True)
+            vb.copy_(v, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (kb, vb, event)
+            return
+        self._write(k, v)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            kb, vb, event = self._pending
+            event.synchronize()
+            self._pending = None
+            self._write(kb, vb)
+
+    def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        n = k.shape[0]
         done = 0
         while done < n:
             page, slot = divmod(self.num_blocks, PAGE_BLOCKS)
@@ -89,13 +118,14 @@ class _PagedStore(BlockStore):
                 self.k_pages.append(kp)
                 self.v_pages.append(vp)
             take = min(n - done, PAGE_BLOCKS - slot)
-            self.k_pages[page][slot:slot + take].copy_(k[done:done + take], non_blocking=asynchronous)
-            self.v_pages[page][slot:slot + take].copy_(v[done:done + take], non_blocking=asynchronous)
+            self.k_pages[page][slot:slot + take].copy_(k[done:done + take])
+            self.v_pages[page][slot:slot + take].copy_(v[done:done + take])
             done += take
             self.num_blocks += take
 
     def fetch(self, heads: torch.Tensor, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``ids[i]`` of head ``heads[i]`` (CPU int64 ``[n]``) -> ``k, v [n, B, D]`` on ``device``."""
+        self._flush()
         n = ids.numel()
         if n and (int(ids.max()) >= self.num_blocks or int(ids.min()) < 0):
             raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
@@ -117,10 +147,12 @@ class _PagedStore(BlockStore):
         return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
 
     def nbytes(self) -> int:
+        pending = self._pending[0].shape[0] if self._pending is not None else 0
         per_block = 2 * self.heads * self.block * self.dim * torch.empty((), dtype=self.dtype).element_size()
-        return self.num_blocks * per_block
+        return (self.num_blocks + pending) * per_block
 
     def state(self) -> dict[str, torch.Tensor]:
+        self._flush()
         if self.num_blocks == 0:
             empty = torch.empty(self.heads, 0, self.block, self.dim, dtype=self.dtype)
             return {"k": empty, "v": empty.clone()}
