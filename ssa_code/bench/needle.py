@@ -394,7 +394,6 @@ def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
     if "dense" in methods:
         dense_model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), attn_implementation="sdpa", **kw).to(device).eval()
-    torch.set_grad_enabled(False)
     return ssa_model, dense_model
 
 
