@@ -732,8 +732,8 @@ def model_card(cfg: TrainConfig, stats: dict, result: dict, curve: list[dict]) -
     return f"""# ssa-code tiny model
 
 A small Llama-architecture causal LM trained from scratch by `scripts/train_tiny.py` for
-offline tests and benchmarks of ssa-code. It completes code and copies values it has seen;
-it does not follow instructions. Do not use it for anything but testing the machinery.
+offline tests and benchmarks of ssa-code. It was trained on code and synthetic key-value
+retrieval only (no instruction or chat data); use it to test the machinery, not for answers.
 
 ## Run
 
