@@ -130,20 +130,18 @@ class _PagedStore(BlockStore):
         if n and (int(ids.max()) >= self.num_blocks or int(ids.min()) < 0):
             raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
         # Row (slot * H + head) of a page viewed as [PAGE_BLOCKS * H, B, D] is block `slot` of `head`.
-        pages, rows = ids // PAGE_BLOCKS, (ids % PAGE_BLOCKS) * self.heads + heads
+        pages, rows = (ids // PAGE_BLOCKS).tolist(), ((ids % PAGE_BLOCKS) * self.heads + heads).tolist()
         shape = (n, self.block, self.dim)
         pin = device.type == "cuda"
         k_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
         v_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
-        first = int(pages[0]) if n else 0
-        if n and bool((pages == first).all()):
-            torch.index_select(self.k_pages[first].view(-1, self.block, self.dim), 0, rows, out=k_out)
-            torch.index_select(self.v_pages[first].view(-1, self.block, self.dim), 0, rows, out=v_out)
-        else:
-            for page in torch.unique(pages).tolist():
-                sel = (pages == page).nonzero().squeeze(1)
-                k_out.index_copy_(0, sel, self.k_pages[page].view(-1, self.block, self.dim).index_select(0, rows[sel]))
-                v_out.index_copy_(0, sel, self.v_pages[page].view(-1, self.block, self.dim).index_select(0, rows[sel]))
+        if n:
+            # Stacking row views is a plain memcpy per block; CPU index_select on bfloat16 was
+            # 60x slower (11 ms for 128 blocks).
+            k_views = [p.view(-1, self.block, self.dim) for p in self.k_pages]
+            v_views = [p.view(-1, self.block, self.dim) for p in self.v_pages]
+            torch.stack([k_views[p][r] for p, r in zip(pages, rows)], out=k_out)
+            torch.stack([v_views[p][r] for p, r in zip(pages, rows)], out=v_out)
         return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
 
     def nbytes(self) -> int:
