@@ -288,7 +288,8 @@ def run_query(
         if reuse_state:
             t = time.perf_counter()
             try:
-                store.save(key, cache, tokens=n_context, extra={"repo_tokens": len(packed.token_ids)})
+                store.save(key, cache, tokens=n_context, extra={"repo_tokens": len(packed.token_ids)},
+                           size_hint=cache.gpu_bytes() + cache.store_bytes())
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - saving is an optimisation; the answer goes on

@@ -191,9 +191,20 @@ class StateStore:
         os.utime(meta_path)
         return cache
 
-    def save(self, key: StateKey, cache: Any, tokens: int, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``cache`` for ``key`` atomically: a temporary folder renamed into place."""
+    def save(self, key: StateKey, cache: Any, tokens: int, extra: dict[str, Any] | None = None,
+             size_hint: int | None = None) -> Path:
+        """Write ``cache`` for ``key`` atomically: a temporary folder renamed into place.
+
+        ``size_hint``: bytes the state will take; when the disk has less free space (plus a
+        1 GiB margin) nothing is written and ``OSError`` says so, rather than filling the disk.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        if size_hint is not None:
+            free = shutil.disk_usage(self.root).free
+            if size_hint + (1 << 30) > free:
+                raise OSError(
+                    f"the state needs {size_hint / 2**30:.1f} GiB and {self.root} has {free / 2**30:.1f} GiB free"
+                )
         final = self.path(key)
         tmp = self.root / f".tmp-{key.digest[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:

@@ -119,3 +119,16 @@ def test_prune_keeps_the_most_recent(filled, tmp_path):
         t = time.time() - 100 + i
         os.utime(folder / META_FILE, (t, t))
     assert not store.exists(keys[0]) and store.exists(keys[1]) and store.exists(keys[2])
+
+
+def test_refuses_to_fill_the_disk(filled, tmp_path):
+    import shutil
+
+    _, cache, _ = filled
+    store = StateStore(tmp_path)
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(OSError, match="GiB free"):
+        store.save(key(), cache, tokens=700, size_hint=free)
+    assert list(tmp_path.iterdir()) == []
+    store.save(key(), cache, tokens=700, size_hint=cache.gpu_bytes() + cache.store_bytes())
+    assert store.exists(key())
