@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from assist_fixtures import copy_sample_repo, git, init_repo, save_chain_llama, states
+from assist_fixtures import git, init_repo, isolated_env, save_chain_llama, states  # noqa: F401 (autouse fixture)
 from ssa_code.cli.app import app
 
 FAST = ["--ssa", "small", "--max-tokens", "6"]
@@ -79,11 +79,22 @@ def test_ask_json_shape_and_no_state(sample_repo, random_model_dir, isolated_env
     assert states(isolated_env / "cache") == []
 
 
-def test_default_model_note(sample_repo, isolated_env):
+def test_default_model_is_tiny_with_a_note(sample_repo, isolated_env):
+    from ssa_code.models import TINY_MODEL_DIR
+
     r = invoke("ask", "hi", "--repo", str(sample_repo), *FAST)
     assert "a larger model gives better answers" in r.stderr
     assert "larger model" not in r.stdout
     no_traceback(r)
+    if (TINY_MODEL_DIR / "config.json").is_file():
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.strip()
+    else:
+        # Until the bundled weights are trained, the default says so in one line.
+        one_line_error(r, 1, "bundled tiny model is missing")
+    # Named explicitly, there is no note.
+    r = invoke("ask", "hi", "--repo", str(sample_repo), "--model", "tiny", *FAST)
+    assert "larger model" not in r.stderr
 
 
 # -- explain ---------------------------------------------------------------------------------------
