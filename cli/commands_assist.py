@@ -227,6 +227,9 @@ def _run(
     if anchors_for is not None:
         extra, question, info = anchors_for(packed)
     ui = RichUI(stream_answer=not as_json, verbose=verbose)
+    ui.status(f"packed {len(packed.files)} files, {len(packed.token_ids):,} tokens in {pack_s:.2f} s"
+              f"{f' ({len(packed.skipped)} skipped)' if packed.skipped else ''}; model {loaded.identity.get('model')} "
+              f"on {loaded.device} ({loaded.identity.get('dtype')}), loaded in {load_s:.2f} s")
     result = run_query(
         packed, Query(kind, question, extra), loaded, ssa_config, gen, options,
         ui=ui, reuse_state=not no_state, budget=total_budget, started=started,

@@ -75,14 +75,16 @@ def read_config() -> dict[str, Any]:
 
     A file that is not valid TOML is a user error naming the file.
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     path = config_dir() / CONFIG_FILE
     if not path.is_file():
         return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise UserError(f"reading {path} needs Python 3.11+ or the 'tomli' package") from None
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

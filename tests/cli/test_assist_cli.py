@@ -175,6 +175,18 @@ def test_review_findings_strict_and_fail_on(sample_repo, tmp_path):
     assert data["findings"] == [{"path": path, "line": line, "severity": "error", "message": "divide by zero"}]
 
 
+def test_review_revision_range(sample_repo, tmp_path):
+    path = _stage_change(sample_repo)
+    git(sample_repo, "commit", "-q", "--no-verify", "-m", "divide")
+    model = _chain_model(tmp_path, f"{path}:2 warning check b")
+    r = invoke("review", "--rev", "HEAD~1..HEAD", "--repo", str(sample_repo), "--model", str(model), "--ssa", "small",
+               "--max-tokens", "40", "--json", "--strict", "--fail-on", "warning")
+    assert r.exit_code == 1, r.stderr
+    data = json.loads(r.stdout)
+    assert data["reviewed"] == "HEAD~1..HEAD" and data["files"] == [path]
+    assert data["findings"] == [{"path": path, "line": 2, "severity": "warning", "message": "check b"}]
+
+
 def test_review_below_threshold_passes_strict(sample_repo, tmp_path):
     path = _stage_change(sample_repo)
     model = _chain_model(tmp_path, f"{path}:1 info style")
