@@ -22,7 +22,7 @@ from ssa_code.attention.layer_state import SSALayer
 from ssa_code.attention.positions import default_far_distance, rope_parameters
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
 
 
 def model_fingerprint(model_config: Any) -> dict[str, Any]:

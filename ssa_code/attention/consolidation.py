@@ -7,8 +7,9 @@ log-count trick as token merging, Bolya et al. 2023, and "Anchor-based" KV mergi
 When the slots are full the *older half* merges pairwise, so recent history stays fine
 and old history grows exponentially coarser (a progressive, log-structured memory).
 
-The retrieval index (one representative key per evicted block) is bounded the same way:
-:class:`Consolidated` serves both.
+The retrieval index is bounded the same way: :class:`Consolidated` serves both. Its entries
+are per-channel bounds of the keys of a block (as in Quest, Tang et al. 2024), merged into the
+bounding box of both when the index consolidates.
 
 Spans and counts are the same for every head (merge decisions depend only on counts and
 order), so only keys and values carry a head dimension.
@@ -30,8 +31,9 @@ class Consolidated:
     """
 
     def __init__(self, capacity: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype,
-                 with_values: bool, pos_offset: int = 0, pos_scale: int = 1) -> None:
+                 with_values: bool, pos_offset: int = 0, pos_scale: int = 1, bounds: bool = False) -> None:
         self.capacity = capacity
+        self.bounds = bounds
         self.with_values = with_values
         self.pos_offset, self.pos_scale = pos_offset, pos_scale
         self.key = torch.zeros(heads, capacity, dim, dtype=dtype, device=device)
@@ -77,7 +79,7 @@ class Consolidated:
         while count_all.shape[0] > self.capacity:
             merged = True
             key_all, value_all, count_all, lo_all, hi_all = merge_older_half(
-                key_all, value_all, count_all, lo_all, hi_all)
+                key_all, value_all, count_all, lo_all, hi_all, bounds=self.bounds)
         m = count_all.shape[0]
         self.key[:, :m] = key_all
         if self.with_values:
@@ -93,11 +95,14 @@ class Consolidated:
 
 
 def merge_older_half(
-    key: torch.Tensor, value: torch.Tensor | None, count: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    key: torch.Tensor, value: torch.Tensor | None, count: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+    bounds: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge entries ``(0, 1), (2, 3), ...`` of the older half; the newer half is kept as is.
 
     Means are weighted by count, so a merged entry equals the mean over all tokens it covers.
+    With ``bounds``, ``key`` and ``value`` are per-channel upper and lower bounds and merge
+    by max and min (the box of both boxes).
     Shapes: ``key/value [H, m, D]``, ``count/lo/hi [m]``; returns the same with fewer entries.
     """
     m = count.shape[0]
@@ -106,11 +111,17 @@ def merge_older_half(
     w = count[:half].view(half // 2, 2)
     total = w.sum(-1)
     k_pairs = key[:, :half].reshape(key.shape[0], half // 2, 2, key.shape[-1])
-    k_merged = (k_pairs * w[None, :, :, None]).sum(2) / total[None, :, None]
+    if bounds:
+        k_merged = k_pairs.amax(2)
+    else:
+        k_merged = (k_pairs * w[None, :, :, None]).sum(2) / total[None, :, None]
     v_merged = None
     if value is not None:
         v_pairs = value[:, :half].reshape(value.shape[0], half // 2, 2, value.shape[-1])
-        v_merged = (v_pairs * w[None, :, :, None]).sum(2) / total[None, :, None]
+        if bounds:
+            v_merged = v_pairs.amin(2)
+        else:
+            v_merged = (v_pairs * w[None, :, :, None]).sum(2) / total[None, :, None]
         v_merged = torch.cat([v_merged, value[:, half:]], dim=1)
     lo_m = lo[:half].view(half // 2, 2)[:, 0]
     hi_m = hi[:half].view(half // 2, 2)[:, 1]

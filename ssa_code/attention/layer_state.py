@@ -36,7 +36,7 @@ from ssa_code.attention import handoff
 from ssa_code.attention.anchors import PinnedSpans, select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
-from ssa_code.attention.positions import effective_positions, rotate
+from ssa_code.attention.positions import effective_positions, rotate, rotate_box
 from ssa_code.attention.scoring import select_blocks
 from ssa_code.attention.store import BlockStore, make_store
 
@@ -89,9 +89,13 @@ class SSALayer(CacheLayerMixin):
         self.bias = torch.full((h, self.CAP), NEG_INF, dtype=torch.float32, device=device)
         self.mass = torch.zeros(h, self.CAP, dtype=torch.float32, device=device)
         self.summaries = Consolidated(cfg.summaries, h, d, self.device, dtype, with_values=True)
+        # Index entries: per-channel upper (key) and lower (value) bounds of a block's keys, rotated
+        # at their true positions.
         self.index = Consolidated(cfg.index_size if cfg.store != "none" else 0, h, d, self.device, dtype,
-                                  with_values=False, pos_offset=cfg.sinks, pos_scale=cfg.block_size)
-        self.index_rot = torch.zeros(h, self.index.capacity, d, dtype=dtype, device=device)
+                                  with_values=True, pos_offset=cfg.sinks, pos_scale=cfg.block_size, bounds=True)
+        # The bounds rotated to the entries' effective positions, [upper | lower]: scored as
+        # [q+ | q-] . [upper | lower], the largest q.k any key in the box can reach.
+        self.index_rot = torch.zeros(h, self.index.capacity, 2 * d, dtype=dtype, device=device)
         self.store: BlockStore = make_store(cfg.store, h, cfg.block_size, d, dtype, self.device,
                                             self.cache.store_dir, self.layer_idx)
         self.n_sink = self.n_pin = self.n_heavy = self.n_stage = 0
@@ -107,8 +111,8 @@ class SSALayer(CacheLayerMixin):
     def fixed_tensors(self) -> list[torch.Tensor]:
         tensors = [self.k, self.v, self.k_raw, self.pos, self.eff, self.bias, self.mass, self.index_rot,
                    self.summaries.key, self.summaries.value, self.summaries.count, self.summaries.lo,
-                   self.summaries.hi, self.summaries.pos, self.index.key, self.index.count, self.index.lo,
-                   self.index.hi, self.index.pos]
+                   self.summaries.hi, self.summaries.pos, self.index.key, self.index.value, self.index.count,
+                   self.index.lo, self.index.hi, self.index.pos]
         return [t for t in tensors if t is not None]
 
     # -- saving and restoring ---------------------------------------------------------------
@@ -265,10 +269,20 @@ class SSALayer(CacheLayerMixin):
         self.k[:, :w] = torch.where(moved, rotate(self.k_raw, target, self.cache.inv_freq_on(self.device)),
                                     self.k[:, :w])
         self.eff.copy_(target)
+        self._rotate_index(0)
+
+    def _rotate_index(self, start: int) -> None:
+        """Rotate the bounds of index entries ``start ..`` to their effective positions."""
         n = self.index.n
-        if n:
-            self.index_rot[:, :n] = rotate(self.index.key[:, :n], self._eff(self.index.pos[:n]).expand(self.heads, n),
-                                           self.cache.inv_freq_on(self.device))
+        if n <= start:
+            return
+        d = self.dim
+        pos = self.index.pos[start:n]
+        shift = (self._eff(pos) - pos).expand(self.heads, n - start)
+        hi, lo = rotate_box(self.index.key[:, start:n], self.index.value[:, start:n], shift,
+                            self.cache.inv_freq_on(self.device))
+        self.index_rot[:, start:n, :d] = hi
+        self.index_rot[:, start:n, d:] = lo
 
     def _eff(self, pos: torch.Tensor) -> torch.Tensor:
         return effective_positions(pos, self.floor + self.cache.far_distance, self.cache.far_distance)
@@ -299,7 +313,10 @@ class SSALayer(CacheLayerMixin):
         self.restage = False
         from ssa_code.kernels import score_blocks
 
-        scores = score_blocks(q, self.index_rot, n_idx, scale, self.cfg.kernels)
+        # Upper bound of q . k over each entry's box: positive query parts meet the upper
+        # bounds, negative parts the lower bounds.
+        q2 = torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
+        scores = score_blocks(q2, self.index_rot, n_idx, scale, self.cfg.kernels)
         ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
         self._place(ids)
 
@@ -481,12 +498,11 @@ class SSALayer(CacheLayerMixin):
         self.restage = True
         ids = torch.arange(first_block, first_block + nb, device=dev)
         if self.index.capacity:
-            merged = self.index.add(blocks_k.float().mean(2), None, torch.ones(nb, device=dev), ids, ids + 1)
-            start = 0 if merged else self.index.n - nb
-            n = self.index.n
-            self.index_rot[:, start:n] = rotate(self.index.key[:, start:n],
-                                                self._eff(self.index.pos[start:n]).expand(h, n - start),
-                                                self.cache.inv_freq_on(dev))
+            # Bounds of the keys as attention sees them at their true positions (as Quest does);
+            # a later shift of the block's effective position rotates the box (_rotate_index).
+            rot_blocks = k_rot.view(h, nb, b, -1)
+            merged = self.index.add(rot_blocks.amax(2), rot_blocks.amin(2), torch.ones(nb, device=dev), ids, ids + 1)
+            self._rotate_index(0 if merged else self.index.n - nb)
         # Consolidation: one summary per block, merged progressively when the slots are full.
         if self.summaries.capacity:
             self.summaries.add(blocks_k.float().mean(2), blocks_v.float().mean(2),

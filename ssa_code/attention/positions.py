@@ -73,6 +73,30 @@ def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torc
     return out.to(x.dtype)
 
 
+def rotate_box(hi: torch.Tensor, lo: torch.Tensor, delta: torch.Tensor,
+               inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of every vector of the box ``[lo, hi]`` (per channel) after rotation by ``R(delta)``.
+
+    Each rotate-half channel pair ``(x, y)`` is a rectangle; a rotated rectangle's extreme in
+    any channel is reached at a corner, so the new bounds are exact for the rectangle and
+    conservative for the keys inside it. Shapes as in :func:`rotate`; returns ``(hi', lo')``.
+    """
+    half = inv_freq.shape[0]
+    work = torch.float64 if hi.dtype == torch.float64 else torch.float32
+    angle = (delta.to(torch.float64)[..., None] * inv_freq.to(device=hi.device, dtype=torch.float64)).to(work)
+    cos, sin = angle.cos(), angle.sin()
+    h, l = hi.to(work), lo.to(work)
+    xh, yh, xl, yl = h[..., :half], h[..., half:2 * half], l[..., :half], l[..., half:2 * half]
+    cpos, spos = cos >= 0, sin >= 0
+    # x' = x cos - y sin;  y' = y cos + x sin: pick the corner that extremises each.
+    out_h, out_l = h.clone(), l.clone()
+    out_h[..., :half] = torch.where(cpos, xh, xl) * cos - torch.where(spos, yl, yh) * sin
+    out_l[..., :half] = torch.where(cpos, xl, xh) * cos - torch.where(spos, yh, yl) * sin
+    out_h[..., half:2 * half] = torch.where(cpos, yh, yl) * cos + torch.where(spos, xh, xl) * sin
+    out_l[..., half:2 * half] = torch.where(cpos, yl, yh) * cos + torch.where(spos, xl, xh) * sin
+    return out_h.to(hi.dtype), out_l.to(lo.dtype)
+
+
 def effective_positions(pos: torch.Tensor, ref: int, far_distance: int) -> torch.Tensor:
     """Where far-tier keys are shown to queries starting at ``ref``: ``max(pos, ref - far_distance)``.
 

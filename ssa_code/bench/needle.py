@@ -195,9 +195,17 @@ def cycled(hay: Haystack, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
 
     Returns (ids ``[n]``, bodies ``[F', 2]``, anchors ``[A', 2]`` clipped to ``n``, copies).
     """
-    t = hay.token_ids.size
+    token_ids, bodies, anchors = hay.token_ids, hay.bodies, hay.anchors
+    # A repository map longer than a quarter of the prompt would leave no file body to plant
+    # the needle in (the stdlib's map is over 16K tokens): start after it.
+    if anchors.size and anchors[0, 0] == 0 and anchors[0, 1] > n // 4:
+        skip = int(anchors[0, 1])
+        token_ids = token_ids[skip:]
+        bodies = bodies[bodies[:, 0] >= skip] - skip
+        anchors = anchors[anchors[:, 0] >= skip] - skip
+    t = token_ids.size
     copies = max(1, math.ceil(n / t))
-    ids = np.resize(hay.token_ids, n)
+    ids = np.resize(token_ids, n)
 
     def spans(s: np.ndarray) -> np.ndarray:
         rep = np.concatenate([s + k * t for k in range(copies)]) if s.size else s.reshape(0, 2)
@@ -205,7 +213,7 @@ def cycled(hay: Haystack, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
         rep[:, 1] = np.minimum(rep[:, 1], n)
         return rep
 
-    return ids, spans(hay.bodies), spans(hay.anchors), copies
+    return ids, spans(bodies), spans(anchors), copies
 
 
 # --------------------------------------------------------------------------- prompts

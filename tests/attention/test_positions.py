@@ -62,3 +62,18 @@ def test_far_keys_stay_within_trained_range_and_retrieval_still_selects():
     staged = layer.pos[:, layer.STAGE: layer.STAGE + layer.n_stage]
     assert (staged >= 0).sum() > 0
     assert last_chunk_start - staged[staged >= 0].min().item() > 256
+
+
+def test_rotated_box_contains_every_rotated_key():
+    from ssa_code.attention.positions import rotate_box
+
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    keys = torch.randn(3, 40, 16, dtype=torch.float64)  # three blocks of 40 keys
+    hi, lo = keys.amax(1), keys.amin(1)
+    for delta in (0, 1, 7, 1000, -33):
+        d = torch.full((3,), delta)
+        rhi, rlo = rotate_box(hi, lo, d, inv_freq.float())
+        rotated = rotate(keys, torch.full((3, 40), delta), inv_freq.float())
+        assert (rotated <= rhi[:, None] + 1e-9).all() and (rotated >= rlo[:, None] - 1e-9).all()
+        if delta == 0:
+            assert torch.equal(rhi, hi) and torch.equal(rlo, lo)
