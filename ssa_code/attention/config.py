@@ -162,6 +162,27 @@ class SSAConfig:
             raise ValueError(f"unknown SSAConfig preset {name!r}; choose one of {', '.join(sorted(presets))}")
         return dataclasses.replace(cls(), **{**presets[name], **overrides})
 
+    def fit(self, model_config: Any) -> "SSAConfig":
+        """This configuration with chunk and window shrunk to the model's trained range.
+
+        Window keys are seen at their true distance (up to ``window + block_size`` plus the
+        chunk), so a model trained on ``L`` positions gets ``chunk_size <= L / 4`` and
+        ``chunk_size + window + block_size <= L``; far tiers then sit at ``far_distance``
+        (derived from ``L``). Sizes that already fit are returned unchanged.
+        """
+        trained = int(getattr(model_config, "max_position_embeddings", 0) or 0)
+        if trained <= 0:
+            return self
+        b = self.block_size
+        chunk = min(self.chunk_size, max(b, trained // 4))
+        window = min(self.window, trained - chunk - b)
+        window -= window % b
+        if window < b:
+            raise ValueError(f"SSAConfig.block_size {b} leaves no window within the model's {trained} positions")
+        if (chunk, window) == (self.chunk_size, self.window):
+            return self
+        return dataclasses.replace(self, chunk_size=chunk, window=window)
+
     def replace(self, **changes: Any) -> "SSAConfig":
         return dataclasses.replace(self, **changes)
 

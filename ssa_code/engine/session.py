@@ -241,6 +241,8 @@ def run_query(
         )
     anchors = sorted({(s + offset, e + offset) for s, e in (*packed.anchors, *query.extra_anchors) if e > s})
 
+    # Chunk and window must stay inside the positions the model was trained on.
+    ssa_config = ssa_config.fit(model.config)
     patch(model, ssa_config)
     store = store or StateStore()
     key = StateKey.build(

@@ -97,3 +97,12 @@ def test_dense_fallback_without_ssa_cache():
         patch(model, SMALL)
         got = model(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fit_keeps_window_and_chunk_inside_the_trained_range():
+    short = tiny_model("llama", max_position_embeddings=4096).config
+    fitted = SSAConfig().fit(short)
+    assert fitted.chunk_size == 1024 and fitted.chunk_size + fitted.window + fitted.block_size <= 4096
+    assert fitted.window % fitted.block_size == 0
+    long = tiny_model("llama", max_position_embeddings=32768).config
+    assert SSAConfig().fit(long) is not None and SSAConfig().fit(long) == SSAConfig()
