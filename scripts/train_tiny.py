@@ -249,31 +249,6 @@ def outline(body: str, language: str) -> list[str]:
     return names
 
 
-def _tree_lines_local(paths, label) -> list[str]:
-    """Indented folder tree of ``paths``; same output as ``repomap._tree_lines``."""
-    lines: list[str] = []
-    open_dirs: list[str] = []
-    for path in sorted(paths):
-        parts = path.split("/")
-        dirs = parts[:-1]
-        common = 0
-        while common < len(open_dirs) and common < len(dirs) and open_dirs[common] == dirs[common]:
-            common += 1
-        open_dirs = open_dirs[:common]
-        for d in dirs[common:]:
-            lines.append("  " * len(open_dirs) + d + "/")
-            open_dirs.append(d)
-        lines.append("  " * len(dirs) + label(path))
-    return lines
-
-
-try:
-    from ssa_code.context.repomap import _tree_lines as tree_lines
-except Exception as e:  # noqa: BLE001 - any import problem: use the local copy of the layout
-    print(f"note: ssa_code.context.repomap not importable ({e}); local map layout", flush=True)
-    tree_lines = _tree_lines_local
-
-
 def map_text(title: str, files: list[tuple[str, str, str, str]], max_symbols: int = 8) -> str:
     """The repository map block, laid out as ``repomap.build_repo_map`` lays it out."""
     symbols = {rel: outline(body, lang) for rel, lang, _, body in files}
@@ -286,7 +261,7 @@ def map_text(title: str, files: list[tuple[str, str, str, str]], max_symbols: in
         base = path.rsplit("/", 1)[-1]
         return f"{base}: {', '.join(names)}" if names else base
 
-    return fmt.map_block(title, tree_lines([rel for rel, _, _, _ in files], label))
+    return fmt.map_block(title, fmt.tree_lines([rel for rel, _, _, _ in files], label))
 
 
 def pack_texts(group: str, files: list[Path], root: Path, pack_bytes: int):

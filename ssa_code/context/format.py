@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 #: Bumped whenever the text produced here changes; part of every cache key.
 FORMAT_VERSION = 1
@@ -88,6 +88,24 @@ def file_block(path: str, language: str, text: str) -> tuple[str, str]:
     """(header, body) of one file; ``text`` is the decoded file content."""
     body = normalise_text(text)
     return file_header(path, language, count_lines(body)), body
+
+
+def tree_lines(paths: Sequence[str], label: Callable[[str], str]) -> list[str]:
+    """Indented folder tree of ``paths`` (sorted), each file line produced by ``label(path)``."""
+    lines: list[str] = []
+    open_dirs: list[str] = []
+    for path in sorted(paths):
+        parts = path.split("/")
+        dirs = parts[:-1]
+        common = 0
+        while common < len(open_dirs) and common < len(dirs) and open_dirs[common] == dirs[common]:
+            common += 1
+        open_dirs = open_dirs[:common]
+        for d in dirs[common:]:
+            lines.append("  " * len(open_dirs) + d + "/")
+            open_dirs.append(d)
+        lines.append("  " * len(dirs) + label(path))
+    return lines
 
 
 def map_block(title: str, lines: list[str]) -> str:

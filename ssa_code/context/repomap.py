@@ -9,30 +9,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ssa_code.context.format import map_block
+from ssa_code.context.format import map_block, tree_lines
 from ssa_code.context.graph import RepoGraph
 
 _KIND_WORD = {"function": "def", "method": "def", "class": "class", "interface": "interface",
               "type": "type", "enum": "enum", "module": "mod", "constant": "const",
               "variable": "var", "macro": "macro", "property": "prop"}
-
-
-def _tree_lines(paths: Sequence[str], label) -> list[str]:
-    """Indented folder tree of ``paths`` (sorted), each file line produced by ``label(path)``."""
-    lines: list[str] = []
-    open_dirs: list[str] = []
-    for path in sorted(paths):
-        parts = path.split("/")
-        dirs = parts[:-1]
-        common = 0
-        while common < len(open_dirs) and common < len(dirs) and open_dirs[common] == dirs[common]:
-            common += 1
-        open_dirs = open_dirs[:common]
-        for d in dirs[common:]:
-            lines.append("  " * len(open_dirs) + d + "/")
-            open_dirs.append(d)
-        lines.append("  " * len(dirs) + label(path))
-    return lines
 
 
 def map_lines(graph: RepoGraph, max_symbols: int = 8, omitted: Sequence[str] = ()) -> list[str]:
@@ -56,7 +38,7 @@ def map_lines(graph: RepoGraph, max_symbols: int = 8, omitted: Sequence[str] = (
         base = path.rsplit("/", 1)[-1]
         return f"{base}: {', '.join(names)}" if names else base
 
-    return _tree_lines(list(graph.paths) + sorted(left_out - set(graph.paths)), label)
+    return tree_lines(list(graph.paths) + sorted(left_out - set(graph.paths)), label)
 
 
 def build_repo_map(graph: RepoGraph, title: str, max_symbols: int = 8,
