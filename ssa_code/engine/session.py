@@ -299,7 +299,9 @@ def run_query(
                 ui.warn(f"could not save the repository state for reuse ({reason}); the next question will prefill again")
             timings["state_save_s"] = time.perf_counter() - t
 
-    # The question, pinned so it stays at full resolution however long the answer gets.
+    # The question, pinned so it stays at full resolution however long the answer gets. Its
+    # last queries produce the first answer token, so their attention counts for the sources.
+    cache.track_sources = True
     t = time.perf_counter()
     q_ids = torch.tensor([prompt.suffix_ids], device=loaded.device)
     q_span = [(n_context, n_context + len(prompt.suffix_ids))]
@@ -307,7 +309,6 @@ def run_query(
     logits = logits[0, -1] if logits.dim() == 3 else logits[-1] if logits.dim() == 2 else logits
     timings["question_s"] = time.perf_counter() - t
 
-    cache.track_sources = True
     text = ""
     answer_ids: list[int] = []
     ttft = None
