@@ -39,21 +39,87 @@ def qwen25_7b_config(layers: int = 28):
                        rope_parameters={"rope_type": "default", "rope_theta": 1e6}, tie_word_embeddings=False)
 
 
+def small_config():
+    """A few-MB model of the same family, for a CPU smoke run of this script (``--smoke``)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096,
+                       tie_word_embeddings=False)
+
+
 def build_model(cfg, device: str):
     from transformers import AutoModelForCausalLM
 
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     return model
 
 
-def sync() -> None:
-    torch.cuda.synchronize()
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int) -> None:
+def peak_bytes(device: str) -> int:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else 0
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timed_marks(step, marks: list[int], chunk: int, decode_tokens: int, vocab: int, device: str,
+                name: str, extra=lambda: {}, limit_s: float = float("inf")) -> list[dict]:
+    """Prefill in chunks up to each mark, then decode greedily; one row per mark.
+
+    ``step(ids [1, n], pos, logits: bool)`` runs the model at positions ``pos ..`` and returns
+    the last position's logits ``[1, V]`` when asked. TTFT is the cumulative prefill time plus
+    the median decode step (the first token comes out of the last prefill chunk's logits).
+    """
+    gen = torch.Generator(device=device).manual_seed(1)
+    rows = []
+    reset_peak(device)
+    pos, t_prefill = 0, 0.0
+    with torch.no_grad():
+        for mark in marks:
+            sync(device)
+            t0 = time.perf_counter()
+            logits = None
+            while pos < mark:
+                n = min(chunk, mark - pos)
+                ids = torch.randint(0, vocab, (1, n), device=device, generator=gen)
+                logits = step(ids, pos, pos + n >= mark)
+                pos += n
+            sync(device)
+            t_prefill += time.perf_counter() - t0
+            peak_prefill = peak_bytes(device)
+            tok = logits.argmax(-1, keepdim=True)
+            times = []
+            for _ in range(decode_tokens):
+                sync(device)
+                t = time.perf_counter()
+                tok = step(tok, pos, True).argmax(-1, keepdim=True)
+                sync(device)
+                times.append(time.perf_counter() - t)
+                pos += 1
+            times.sort()
+            row = {"tokens": mark, "prefill_s": t_prefill, "ttft_s": t_prefill + times[len(times) // 2],
+                   "decode_ms_median": 1e3 * times[len(times) // 2], "decode_ms_mean": 1e3 * sum(times) / len(times),
+                   "peak_GiB": peak_bytes(device) / GiB, "peak_prefill_GiB": peak_prefill / GiB, **extra()}
+            rows.append(row)
+            print(name, json.dumps(row), flush=True)
+            if t_prefill > limit_s:
+                break
+    return rows
+
+
+def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int, device: str) -> None:
     """Compile and autotune the Triton kernels (prefill and decode shapes) on a throwaway cache.
 
     Compiled kernels are cached on disk across processes; autotuning reruns once per process.
@@ -63,156 +129,98 @@ def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int) -> None:
     with torch.no_grad():
         pos = 0
         for _ in range(3):
-            forward_chunk(model, cache, torch.randint(0, vocab, (1, chunk), device="cuda"), pos, logits=False)
+            forward_chunk(model, cache, torch.randint(0, vocab, (1, chunk), device=device), pos, logits=False)
             pos += chunk
         for _ in range(2 * ssa_cfg.decode_refresh):
-            forward_chunk(model, cache, torch.randint(0, vocab, (1, 1), device="cuda"), pos)
+            forward_chunk(model, cache, torch.randint(0, vocab, (1, 1), device=device), pos)
             pos += 1
-    sync()
+    sync(device)
     cache.close()
 
 
-def ssa_run(model, ssa_cfg: SSAConfig, marks: list[int], chunk: int, decode_tokens: int, vocab: int) -> list[dict]:
-    warm_up(model, ssa_cfg, chunk, vocab)
+def ssa_run(model, ssa_cfg: SSAConfig, marks: list[int], chunk: int, decode_tokens: int, vocab: int,
+            device: str = "cuda") -> list[dict]:
+    warm_up(model, ssa_cfg, chunk, vocab, device)
     patch(model, ssa_cfg)
     cache = SSACache(model.config, ssa_cfg)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    rows = []
-    torch.cuda.reset_peak_memory_stats()
-    pos, t_prefill = 0, 0.0
-    with torch.no_grad():
-        for mark in marks:
-            sync()
-            t0 = time.perf_counter()
-            logits = None
-            while pos < mark:
-                n = min(chunk, mark - pos)
-                ids = torch.randint(0, vocab, (1, n), device="cuda", generator=gen)
-                logits = forward_chunk(model, cache, ids, pos, logits=pos + n >= mark)
-                pos += n
-            sync()
-            t_prefill += time.perf_counter() - t0
-            first = int(logits.argmax(-1))
-            sync()
-            peak_prefill = torch.cuda.max_memory_allocated()
-            # Decode: greedy, one token at a time through the same cache.
-            tok = torch.tensor([[first]], device="cuda")
-            times = []
-            for _ in range(decode_tokens):
-                sync()
-                t = time.perf_counter()
-                logits = forward_chunk(model, cache, tok, pos)
-                tok = logits.argmax(-1, keepdim=True)
-                sync()
-                times.append(time.perf_counter() - t)
-                pos += 1
-            times.sort()
-            row = {
-                "tokens": mark, "prefill_s": t_prefill, "ttft_s": t_prefill + times[len(times) // 2],
-                "decode_ms_median": 1e3 * times[len(times) // 2], "decode_ms_mean": 1e3 * sum(times) / len(times),
-                "peak_GiB": torch.cuda.max_memory_allocated() / GiB, "peak_prefill_GiB": peak_prefill / GiB,
-                "ssa_state_GiB": cache.gpu_bytes() / GiB, "store_GiB": cache.store_bytes() / GiB,
-                "pinned_overflow": cache.pinned_overflow,
-            }
-            rows.append(row)
-            print("ssa", json.dumps(row), flush=True)
+
+    def step(ids, pos, want_logits):
+        return forward_chunk(model, cache, ids, pos, logits=want_logits)
+
+    def extra():
+        return {"ssa_state_GiB": cache.gpu_bytes() / GiB, "store_GiB": cache.store_bytes() / GiB,
+                "pinned_overflow": cache.pinned_overflow}
+
+    rows = timed_marks(step, marks, chunk, decode_tokens, vocab, device, "ssa", extra)
     cache.close()
-    del cache
     return rows
 
 
-def dense_run(model, marks: list[int], chunk: int, decode_tokens: int, vocab: int, limit_s: float) -> list[dict]:
+def dense_run(model, marks: list[int], chunk: int, decode_tokens: int, vocab: int, limit_s: float,
+              device: str = "cuda") -> list[dict]:
     from transformers import DynamicCache
 
     model.set_attn_implementation("sdpa")
+    kwarg = _cache_kwarg(model)
     with torch.no_grad():  # warm-up: cuBLAS and SDPA kernels, as SSA gets its compile
-        warm = DynamicCache(config=model.config)
-        model(input_ids=torch.randint(0, vocab, (1, chunk), device="cuda"), **{_cache_kwarg(model): warm},
-              use_cache=True, logits_to_keep=1)
-        del warm
+        model(input_ids=torch.randint(0, vocab, (1, chunk), device=device),
+              **{kwarg: DynamicCache(config=model.config)}, use_cache=True, logits_to_keep=1)
     cache = DynamicCache(config=model.config)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    rows = []
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    pos, t_prefill = 0, 0.0
-    with torch.no_grad():
-        for mark in marks:
-            sync()
-            t0 = time.perf_counter()
-            logits = None
-            while pos < mark:
-                n = min(chunk, mark - pos)
-                ids = torch.randint(0, vocab, (1, n), device="cuda", generator=gen)
-                out = model(input_ids=ids, **{_cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1,
-                            position_ids=torch.arange(pos, pos + n, device="cuda")[None])
-                logits = out.logits[:, -1]
-                pos += n
-            sync()
-            t_prefill += time.perf_counter() - t0
-            tok = logits.argmax(-1, keepdim=True)
-            times = []
-            for _ in range(decode_tokens):
-                sync()
-                t = time.perf_counter()
-                out = model(input_ids=tok, **{_cache_kwarg(model): cache}, use_cache=True,
-                            position_ids=torch.tensor([[pos]], device="cuda"))
-                tok = out.logits[:, -1].argmax(-1, keepdim=True)
-                sync()
-                times.append(time.perf_counter() - t)
-                pos += 1
-            times.sort()
-            row = {"tokens": mark, "prefill_s": t_prefill, "ttft_s": t_prefill + times[len(times) // 2],
-                   "decode_ms_median": 1e3 * times[len(times) // 2], "peak_GiB": torch.cuda.max_memory_allocated() / GiB}
-            rows.append(row)
-            print("dense", json.dumps(row), flush=True)
-            if t_prefill > limit_s:
-                break
+
+    def step(ids, pos, want_logits):
+        out = model(input_ids=ids, **{kwarg: cache}, use_cache=True, logits_to_keep=1,
+                    position_ids=torch.arange(pos, pos + ids.shape[1], device=device)[None])
+        return out.logits[:, -1]
+
+    rows = timed_marks(step, marks, chunk, decode_tokens, vocab, device, "dense", limit_s=limit_s)
     del cache
     gc.collect()
-    torch.cuda.empty_cache()
+    reset_peak(device)
     return rows
 
 
-def dense_decode_filled(model, lengths: list[int], decode_tokens: int, vocab: int) -> list[dict]:
+def dense_decode_filled(model, lengths: list[int], decode_tokens: int, vocab: int,
+                        device: str = "cuda") -> list[dict]:
     """Dense decode on a KV cache filled with random tensors (prefill there would take minutes)."""
     from transformers import DynamicCache
 
     model.set_attn_implementation("sdpa")
     cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    kwarg = _cache_kwarg(model)
     rows = []
     for n in lengths:
         gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak(device)
         try:
             cache = DynamicCache(config=cfg)
             for layer in range(cfg.num_hidden_layers):
-                k = torch.randn(1, cfg.num_key_value_heads, n, 128, device="cuda", dtype=torch.bfloat16)
+                k = torch.randn(1, cfg.num_key_value_heads, n, head_dim, device=device, dtype=dtype)
                 cache.update(k, torch.randn_like(k), layer)
                 del k
-            tok = torch.randint(0, vocab, (1, 1), device="cuda")
+            tok = torch.randint(0, vocab, (1, 1), device=device)
             times = []
             with torch.no_grad():
                 for i in range(decode_tokens + 2):
-                    sync()
+                    sync(device)
                     t = time.perf_counter()
-                    out = model(input_ids=tok, **{_cache_kwarg(model): cache}, use_cache=True,
-                                position_ids=torch.tensor([[n + i]], device="cuda"))
+                    out = model(input_ids=tok, **{kwarg: cache}, use_cache=True,
+                                position_ids=torch.tensor([[n + i]], device=device))
                     tok = out.logits[:, -1].argmax(-1, keepdim=True)
-                    sync()
+                    sync(device)
                     if i >= 2:
                         times.append(time.perf_counter() - t)
             times.sort()
             row = {"tokens": n, "decode_ms_median": 1e3 * times[len(times) // 2],
-                   "peak_GiB": torch.cuda.max_memory_allocated() / GiB, "kv_filled_randomly": True}
+                   "peak_GiB": peak_bytes(device) / GiB, "kv_filled_randomly": True}
         except torch.OutOfMemoryError:
             row = {"tokens": n, "oom": True}
         cache = None
         rows.append(row)
         print("dense-decode", json.dumps(row), flush=True)
     gc.collect()
-    torch.cuda.empty_cache()
+    reset_peak(device)
     return rows
 
 
@@ -243,7 +251,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("context tokens")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Qwen2.5-7B architecture, random bf16 weights, {result['gpu']}")
+    fig.suptitle(f"{result.get('model', 'Qwen2.5-7B architecture, random bf16 weights')}, {result['gpu']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -260,27 +268,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--device", default="cuda", help="cuda for measurements; cpu only with --smoke")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few-MB model of the same family: checks every code path of this script")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("long_context needs a CUDA GPU")
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("long_context needs a CUDA GPU (or --smoke --device cpu)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = qwen25_7b_config(args.layers)
-    model = build_model(cfg, "cuda")
-    ssa_cfg = SSAConfig.from_name(args.preset, chunk_size=args.chunk)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    cfg = small_config() if args.smoke else qwen25_7b_config(args.layers)
+    model = build_model(cfg, device)
+    ssa_cfg = SSAConfig.from_name("small" if args.smoke else args.preset, chunk_size=args.chunk)
+    result = {"gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "ssa_config": ssa_cfg.to_dict(),
-              "weights_GiB": torch.cuda.memory_allocated() / GiB, "chunk": args.chunk}
+              "weights_GiB": (torch.cuda.memory_allocated() if device == "cuda" else 0) / GiB,
+              "chunk": args.chunk,
+              "model": "smoke-test model" if args.smoke else "Qwen2.5-7B architecture, random bf16 weights"}
     marks = [int(m) for m in args.marks.split(",")]
-    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size)
+    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size, device)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     result["dense"] = [] if args.skip_dense else dense_run(
-        model, [int(m) for m in args.dense_prefill_marks.split(",") if m], 8192, args.decode_tokens,
-        cfg.vocab_size, args.dense_limit_s)
+        model, [int(m) for m in args.dense_prefill_marks.split(",") if m], min(8192, args.chunk * 2),
+        args.decode_tokens, cfg.vocab_size, args.dense_limit_s, device)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     filled = [int(m) for m in args.dense_decode_filled.split(",") if m]
     result["dense_decode_filled"] = [] if args.skip_dense else dense_decode_filled(
-        model, filled, min(16, args.decode_tokens), cfg.vocab_size)
+        model, filled, min(16, args.decode_tokens), cfg.vocab_size, device)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     plot(result, out / "long_context.png")
     print("\n| tokens | SSA prefill s | SSA TTFT s | dense TTFT s | SSA decode ms | dense decode ms | SSA peak GiB "
