@@ -33,7 +33,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from ssa_code.attention import handoff
-from ssa_code.attention.anchors import PinnedSpans, select_heavy_hitters
+from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box

@@ -173,7 +173,8 @@ def dense_run(model, marks: list[int], chunk: int, decode_tokens: int, vocab: in
         return out.logits[:, -1]
 
     rows = timed_marks(step, marks, chunk, decode_tokens, vocab, device, "dense", limit_s=limit_s)
-    del cache
+    # Free the dense KV cache before the filled-cache decode runs allocate theirs.
+    cache = None
     gc.collect()
     reset_peak(device)
     return rows

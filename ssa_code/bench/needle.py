@@ -395,7 +395,6 @@ def run_dense(model, prompt: Prompt, new_tokens: int, device) -> tuple[list[int]
 
 def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
     """(model for the SSA methods, model for dense) from one checkpoint (two instances)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     kw = dict(dtype=dtype, local_files_only=True)

@@ -7,7 +7,7 @@ import torch
 
 from assist_fixtures import init_repo
 from ssa_code.attention import SSAConfig
-from ssa_code.context import PackOptions, pack_repository
+from ssa_code.context import pack_repository
 from ssa_code.engine.generate import GenerationConfig
 from ssa_code.engine.models import ModelSpec, load_model
 from ssa_code.engine.session import Query, QuietUI, anchors_for_lines, file_sources, run_query
