@@ -72,9 +72,11 @@ def main():
            dict(Q=bf16, K=bf16, KN=bf16, BIAS="*fp32", RANGES="*i32", LSE="*fp32",
                 MASS_BUF="*fp32", MASS_NEW="*fp32", sm_scale="fp32"),
            dict(base, BLOCK_M=64, BLOCK_N=64), 4, 2)
-    for c in SB._CONFIGS:
-        report(SB.ssa_score_blocks_kernel, dict(Q=bf16, REPS=bf16, PART="*fp32", sm_scale="fp32"),
-               dict(base, **c.kwargs), c.num_warps, c.num_stages)
+    # The SSA index scores with the head dim doubled ([q+ | q-] . [upper | lower]): 128 and 256.
+    for head_dim in (128, 256):
+        for c in SB._CONFIGS:
+            report(SB.ssa_score_blocks_kernel, dict(Q=bf16, REPS=bf16, PART="*fp32", sm_scale="fp32"),
+                   dict(base, HEAD_DIM=head_dim, **c.kwargs), c.num_warps, c.num_stages)
 
 
 if __name__ == "__main__":
