@@ -103,8 +103,10 @@ class WalkResult:
     submodules: list[str] = field(default_factory=list)
 
 
-def open_repository(path: str | os.PathLike[str]):
+def open_repository(path: str | os.PathLike[str], purpose: str = "pack"):
     """Open the git repository at ``path`` (or one of its parents) with gitpython.
+
+    ``purpose`` names the command in the bare-repository message.
 
     Raises:
         UsageError: not a directory, not a git repository, a bare repository, or no commits.
@@ -125,7 +127,7 @@ def open_repository(path: str | os.PathLike[str]):
     except (git.GitError, OSError) as exc:
         raise UsageError(f"{path}: cannot open git repository ({exc})") from None
     if repo.bare or repo.working_tree_dir is None:
-        raise UsageError(f"{path}: is a bare repository; pack needs a working tree")
+        raise UsageError(f"{path}: is a bare repository; {purpose} needs a working tree")
     try:
         valid = repo.head.is_valid()
     except (git.GitError, ValueError, OSError):

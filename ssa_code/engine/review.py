@@ -95,12 +95,9 @@ def get_diff(repo_path: str | Path, *, staged: bool = True, rev: str | None = No
     """The staged change (``git diff --cached``) or a revision range (``git diff RANGE``)."""
     import git
 
-    try:
-        repo = git.Repo(repo_path, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise UsageError(f"{repo_path} is not a git repository") from None
-    if repo.bare:
-        raise UsageError(f"{repo_path} is a bare repository; review needs a working tree")
+    from ssa_code.context.walk import open_repository
+
+    repo = open_repository(repo_path, purpose="review")
     args = ["--no-color", "--no-ext-diff", "--unified=3"]
     try:
         if rev is not None:
