@@ -63,8 +63,6 @@ class NoStore(BlockStore):
 class _PagedStore(BlockStore):
     """Pages of ``[PAGE_BLOCKS, H, B, D]`` for keys and for values."""
 
-    _pinned = False
-
     def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
         super().__init__(heads, block, dim, dtype)
         self._bounce: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -160,14 +158,12 @@ class _PagedStore(BlockStore):
 
 
 class HostStore(_PagedStore):
-    def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype, pin: bool = False) -> None:
-        super().__init__(heads, block, dim, dtype)
-        self._pinned = pin
+    """Pages of pageable host RAM: page-locking them cost about 1 s per GB (cudaHostAlloc,
+    measured on an H200), far more than writing them from the page-locked bounce buffer."""
 
     def _new_page(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (PAGE_BLOCKS, self.heads, self.block, self.dim)
-        return (torch.empty(shape, dtype=self.dtype, pin_memory=self._pinned),
-                torch.empty(shape, dtype=self.dtype, pin_memory=self._pinned))
+        return torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)
 
 
 class DiskStore(_PagedStore):
@@ -209,9 +205,7 @@ def make_store(kind: str, heads: int, block: int, dim: int, dtype: torch.dtype, 
     if kind == "none":
         return NoStore(heads, block, dim, dtype)
     if kind == "host":
-        # Pageable pages: page-locking costs about 1 s per GB (cudaHostAlloc, measured on an
-        # H200), far more than the slower synchronous copies into pageable memory.
-        return HostStore(heads, block, dim, dtype, pin=False)
+        return HostStore(heads, block, dim, dtype)
     if kind == "disk":
         assert directory is not None
         return DiskStore(heads, block, dim, dtype, directory, layer)
