@@ -441,24 +441,19 @@ class SSALayer(CacheLayerMixin):
             self._evict(self.frontier, new_frontier, k_new, v_new, mass_new, p0)
         # Window: chunk tokens at positions >= max(frontier, sinks).
         first = max(new_frontier, p0 + ns)
-        start_slot = self.WIN + (first - cfg.sinks) % cfg.ring
-        if first < seen_new and start_slot + (seen_new - first) <= self.CAP:
-            # No wrap-around (always so in decode): plain slices, no index tensors.
-            dst = slice(start_slot, start_slot + seen_new - first)
+        if first < seen_new:
+            start_slot = self.WIN + (first - cfg.sinks) % cfg.ring
+            if start_slot + (seen_new - first) <= self.CAP:
+                # No wrap-around (always so in decode): a plain slice, no index tensor.
+                dst = slice(start_slot, start_slot + seen_new - first)
+            else:
+                dst = self.WIN + (torch.arange(first, seen_new, device=self.device) - cfg.sinks) % cfg.ring
             src = slice(first - p0, m)
             self.k[:, dst] = k_new[:, src]
             self.v[:, dst] = v_new[:, src]
             self.pos[:, dst] = torch.arange(first, seen_new, device=self.device)
             self.bias[:, dst] = 0.0
             self.mass[:, dst] = mass_new[:, src]
-        elif first < seen_new:
-            rel = torch.arange(first - p0, m, device=self.device)
-            slots = self.WIN + (rel + p0 - cfg.sinks) % cfg.ring
-            self.k[:, slots] = k_new[:, rel]
-            self.v[:, slots] = v_new[:, rel]
-            self.pos[:, slots] = (rel + p0).expand(self.heads, -1)
-            self.bias[:, slots] = 0.0
-            self.mass[:, slots] = mass_new[:, rel]
         self.frontier = new_frontier
         self.seen = seen_new
 
