@@ -139,8 +139,10 @@ class SSACache(Cache):
             grown = torch.zeros(max(n_blocks, 2 * self._source_mass.numel()), dtype=torch.float32, device=pos.device)
             grown[: self._source_mass.numel()] = self._source_mass
             self._source_mass = grown
+        # Empty slots add zero mass to block 0: no boolean indexing, so no device synchronisation.
         valid = pos >= 0
-        self._source_mass.index_add_(0, (pos[valid] // b), mass[valid].float())
+        self._source_mass.index_add_(0, torch.where(valid, pos // b, 0).reshape(-1),
+                                     torch.where(valid, mass.float(), 0.0).reshape(-1))
         new_pos = torch.arange(p0, p0 + m, device=pos.device) // b
         self._source_mass.index_add_(0, new_pos, mass_new.float().sum(0))
 
