@@ -293,15 +293,21 @@ class SSALayer(CacheLayerMixin):
         n = k_raw.shape[1]
         if n == 0:
             return
-        sl = slice(start, start + n)
+        dst = (slice(None), slice(start, start + n))
+        self._write_slots(dst, k_raw, v, pos, mass)
+        self.bias[dst] = bias
+
+    def _write_slots(self, dst, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                     mass: torch.Tensor | float) -> None:
+        """Far-tier slots ``dst`` (an index into ``[H, CAP]``) get un-rotated keys, the keys rotated
+        to their effective positions, values, positions and mass (shapes as ``pos[dst]``)."""
         eff = self._eff(pos)
-        self.k_raw[:, sl] = k_raw.to(self.dtype)
-        self.k[:, sl] = rotate(k_raw, eff, self.cache.inv_freq_on(self.device)).to(self.dtype)
-        self.v[:, sl] = v.to(self.dtype)
-        self.pos[:, sl] = pos
-        self.eff[:, sl] = eff
-        self.bias[:, sl] = bias
-        self.mass[:, sl] = mass
+        self.k_raw[dst] = k_raw.to(self.dtype)
+        self.k[dst] = rotate(k_raw, eff, self.cache.inv_freq_on(self.device)).to(self.dtype)
+        self.v[dst] = v.to(self.dtype)
+        self.pos[dst] = pos
+        self.eff[dst] = eff
+        self.mass[dst] = mass
 
     # -- 2. relevance scoring and staging ---------------------------------------------------
 
@@ -357,14 +363,8 @@ class SSALayer(CacheLayerMixin):
             hh = heads_t.to(dev).repeat_interleave(b)
             ss = (self.STAGE + slots_t.to(dev)[:, None] * b + ar).reshape(-1)
             pos = (self.cfg.sinks + blocks_t.to(dev)[:, None] * b + ar).reshape(-1)
-            eff = self._eff(pos)
-            k_raw = k_blk.reshape(-1, k_blk.shape[-1])
-            self.k_raw[hh, ss] = k_raw
-            self.k[hh, ss] = rotate(k_raw, eff, self.cache.inv_freq_on(dev))
-            self.v[hh, ss] = v_blk.reshape(-1, v_blk.shape[-1])
-            self.pos[hh, ss] = pos
-            self.eff[hh, ss] = eff
-            self.mass[hh, ss] = 0.0
+            self._write_slots((hh, ss), k_blk.reshape(-1, k_blk.shape[-1]), v_blk.reshape(-1, v_blk.shape[-1]),
+                              pos, 0.0)
         self.staged_ids = new
         self.n_stage = self.cfg.staging
         self._remask_staging()
