@@ -79,6 +79,11 @@ class SSACache(Cache):
         self.track_sources = False
         self._source_mass: torch.Tensor | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
+        # The static decode step (see SSALayer.static_step_ok): while static_mode is on, every
+        # layer writes its token at the window slot and position held in these device scalars.
+        self.static_mode = False
+        self.static_slot: torch.Tensor | None = None
+        self.static_pos: torch.Tensor | None = None
         if ssa_config.store == "disk":
             self.store_dir = ssa_config.store_dir
         else:
@@ -107,6 +112,27 @@ class SSACache(Cache):
             diff = {k: (self.fingerprint[k], theirs[k]) for k in theirs if theirs[k] != self.fingerprint.get(k)}
             raise ValueError(f"this SSACache was built for another model configuration (cache vs model: {diff})")
         self._accepted.append(model_config)
+
+    # -- the static decode step ---------------------------------------------------------
+
+    def static_step_ok(self) -> bool:
+        """Whether the next decode token is a plain step in every layer (graph-replayable)."""
+        return bool(self.layers) and all(layer.static_step_ok() for layer in self.layers)
+
+    def set_static_step(self) -> None:
+        """Point the device scalars at the next token's window slot and position (no sync)."""
+        layer = self.layers[0]
+        if self.static_slot is None or self.static_slot.device != layer.device:
+            self.static_slot = torch.zeros(1, dtype=torch.int64, device=layer.device)
+            self.static_pos = torch.zeros(1, dtype=torch.int64, device=layer.device)
+        p0 = layer.seen
+        self.static_slot.fill_(layer.window_slot(p0))
+        self.static_pos.fill_(p0)
+
+    def advance_static(self) -> None:
+        """Move every layer's host counters past the token a static step wrote."""
+        for layer in self.layers:
+            layer.advance_static()
 
     # -- anchors ------------------------------------------------------------------------
 

@@ -221,20 +221,23 @@ class SSALayer(CacheLayerMixin):
         from ssa_code.kernels import tier_attention, tier_attention_mass
 
         assert self.pending is not None
+        if self.cache.static_mode:
+            return self._attend_static(q, scale)
         k_new, v_new = self.pending
         self.pending = None
         m = q.shape[1]
         p0 = self.seen
         decode = m == 1
         self.decode_steps = self.decode_steps + 1 if decode else 0
-        # Decode re-scores, re-stages and observes attention mass once per `decode_refresh`
-        # tokens (and whenever the index or heavy tier changed); prefill does it every chunk.
+        # Decode re-scores, re-stages and observes attention mass (heavy hitters, and sources
+        # when tracked) once per `decode_refresh` tokens (and whenever the index or heavy tier
+        # changed); prefill does it every chunk.
         refresh = not decode or self.decode_steps % self.cfg.decode_refresh == 0
         self._rebase(p0, m)
         self._stage(q, scale, refresh)
         ranges = self._occupied_ranges()
         out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
-        if refresh or self.cache.track_sources:
+        if refresh:
             obs = min(m, self.cfg.observe)
             mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
                                                      lse[:, m - obs:], scale, m - obs, self.cfg.kernels)
@@ -246,6 +249,61 @@ class SSALayer(CacheLayerMixin):
             mass_new = torch.zeros(self.heads, m, dtype=torch.float32, device=self.device)
         self._commit(k_new, v_new, mass_new, p0)
         return out
+
+    # -- the static decode step (CUDA graphs) ------------------------------------------------
+
+    def static_step_ok(self) -> bool:
+        """Whether the next decode token needs none of the host-side work of :meth:`attend`.
+
+        Such a "plain" step only attends and writes the token into its window slot: no
+        re-scoring or staging (``decode_refresh``), no re-rotation (``rebase_every``), no
+        eviction (the frontier stays) and no mass observation. Its work is then the same
+        device operations every time, with the window slot and position read from device
+        scalars (:meth:`SSACache.set_static_step`), so one CUDA graph can replay it.
+        """
+        if not self.is_initialized:
+            return False
+        cfg = self.cfg
+        p0 = self.seen
+        if p0 < cfg.sinks or (self.decode_steps + 1) % cfg.decode_refresh == 0:
+            return False
+        if cfg.staging and self.index.n and self.restage:
+            return False
+        ref = p0 - p0 % cfg.rebase_every
+        if max(0, ref - self.cache.far_distance) != self.floor:
+            return False
+        span = p0 + 1 - cfg.window - cfg.sinks
+        frontier = cfg.sinks + (span // cfg.block_size) * cfg.block_size if span > 0 else cfg.sinks
+        return frontier <= self.frontier
+
+    def window_slot(self, position: int) -> int:
+        """The ring slot that holds window token ``position``."""
+        return self.WIN + (position - self.cfg.sinks) % self.cfg.ring
+
+    def _attend_static(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """A plain decode step (:meth:`static_step_ok`) as fixed device work; changes no host state.
+
+        The whole ring is attended (its empty slots carry bias ``-inf``), so the ranges do not
+        change as the window fills; the host counters move in :meth:`advance_static`.
+        """
+        from ssa_code.kernels import tier_attention
+
+        k_new, v_new = self.pending
+        self.pending = None
+        ranges = self._occupied_ranges(full_ring=True)
+        out, _ = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
+        slot, pos = self.cache.static_slot, self.cache.static_pos
+        self.k.index_copy_(1, slot, k_new)
+        self.v.index_copy_(1, slot, v_new)
+        self.pos.index_copy_(1, slot, pos.expand(self.heads, 1))
+        self.bias.index_fill_(1, slot, 0.0)
+        self.mass.index_fill_(1, slot, 0.0)
+        return out
+
+    def advance_static(self) -> None:
+        """Host bookkeeping of one plain decode step run by :meth:`_attend_static` (or its graph)."""
+        self.decode_steps += 1
+        self.seen += 1
 
     # -- 1. positions -----------------------------------------------------------------------
 
@@ -407,8 +465,8 @@ class SSALayer(CacheLayerMixin):
 
     # -- 3. ranges --------------------------------------------------------------------------
 
-    def _occupied_ranges(self) -> torch.Tensor:
-        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
+    def _occupied_ranges(self, full_ring: bool = False) -> torch.Tensor:
+        ring_used = self.cfg.ring if full_ring else min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
         key = (self.n_sink, self.n_pin, self.n_heavy, self.summaries.n, self.n_stage, ring_used)
         if key != self._ranges_key:
             spans = [(self.SINK, self.SINK + self.n_sink), (self.PIN, self.PIN + self.n_pin),

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ssa_code import SSACache, SSAConfig, patch
+from ssa_code.engine.decode import MODES, Decoder
 from ssa_code.engine.prefill import _cache_kwarg, forward_chunk
 
 GiB = 2**30
@@ -119,7 +120,7 @@ def timed_marks(step, marks: list[int], chunk: int, decode_tokens: int, vocab: i
     return rows
 
 
-def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int, device: str) -> None:
+def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int, device: str, decode_mode: str | None) -> None:
     """Compile and autotune the Triton kernels (prefill and decode shapes) on a throwaway cache.
 
     Compiled kernels are cached on disk across processes; autotuning reruns once per process.
@@ -131,25 +132,29 @@ def warm_up(model, ssa_cfg: SSAConfig, chunk: int, vocab: int, device: str) -> N
         for _ in range(3):
             forward_chunk(model, cache, torch.randint(0, vocab, (1, chunk), device=device), pos, logits=False)
             pos += chunk
+        decoder = Decoder(model, cache, mode=decode_mode)
         for _ in range(2 * ssa_cfg.decode_refresh):
-            forward_chunk(model, cache, torch.randint(0, vocab, (1, 1), device=device), pos)
-            pos += 1
+            decoder(torch.randint(0, vocab, (1, 1), device=device))
     sync(device)
     cache.close()
 
 
 def ssa_run(model, ssa_cfg: SSAConfig, marks: list[int], chunk: int, decode_tokens: int, vocab: int,
-            device: str = "cuda") -> list[dict]:
-    warm_up(model, ssa_cfg, chunk, vocab, device)
+            device: str = "cuda", decode_mode: str | None = None) -> list[dict]:
+    warm_up(model, ssa_cfg, chunk, vocab, device, decode_mode)
     patch(model, ssa_cfg)
     cache = SSACache(model.config, ssa_cfg)
+    decoder = Decoder(model, cache, mode=decode_mode)
 
     def step(ids, pos, want_logits):
+        if ids.shape[1] == 1:
+            return decoder(ids)[None]
         return forward_chunk(model, cache, ids, pos, logits=want_logits)
 
     def extra():
         return {"ssa_state_GiB": cache.gpu_bytes() / GiB, "store_GiB": cache.store_bytes() / GiB,
-                "pinned_overflow": cache.pinned_overflow}
+                "pinned_overflow": cache.pinned_overflow, "decode_steps": dict(decoder.steps),
+                "graph_error": decoder.graph_error}
 
     rows = timed_marks(step, marks, chunk, decode_tokens, vocab, device, "ssa", extra)
     cache.close()
@@ -268,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--decode-mode", choices=MODES, default=None,
+                    help="SSA decode: graph (CUDA default), static or eager (CPU default)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--device", default="cuda", help="cuda for measurements; cpu only with --smoke")
     ap.add_argument("--smoke", action="store_true",
@@ -287,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
               "chunk": args.chunk,
               "model": "smoke-test model" if args.smoke else "Qwen2.5-7B architecture, random bf16 weights"}
     marks = [int(m) for m in args.marks.split(",")]
-    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size, device)
+    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size, device,
+                            args.decode_mode)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     result["dense"] = [] if args.skip_dense else dense_run(
         model, [int(m) for m in args.dense_prefill_marks.split(",") if m], min(8192, args.chunk * 2),
@@ -298,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         model, filled, min(16, args.decode_tokens), cfg.vocab_size, device)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     plot(result, out / "long_context.png")
-    print("\n| tokens | SSA prefill s | SSA TTFT s | dense TTFT s | SSA decode ms | dense decode ms | SSA peak GiB "
-          "| dense peak GiB | SSA state GiB | store GiB |")
+    print("\n| tokens | SSA prefill s | SSA TTFT s | dense TTFT s | SSA decode ms (median / mean) | dense decode ms "
+          "| SSA peak GiB | dense peak GiB | SSA state GiB | store GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     dense_by = {r["tokens"]: r for r in result["dense"]}
     for r in result["dense_decode_filled"]:
@@ -307,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in result["ssa"]:
         d = dense_by.get(r["tokens"], {})
         print(f"| {r['tokens']} | {r['prefill_s']:.1f} | {r['ttft_s']:.1f} | {d.get('ttft_s', float('nan')):.1f} "
-              f"| {r['decode_ms_median']:.1f} | {d.get('decode_ms_median', float('nan')):.1f} | {r['peak_GiB']:.1f} "
+              f"| {r['decode_ms_median']:.1f} / {r['decode_ms_mean']:.1f} | {d.get('decode_ms_median', float('nan')):.1f} "
+              f"| {r['peak_GiB']:.1f} "
               f"| {d.get('peak_GiB', float('nan')):.1f} | {r['ssa_state_GiB']:.2f} | {r['store_GiB']:.1f} |")
     return 0
 

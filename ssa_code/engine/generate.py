@@ -3,7 +3,8 @@
 An explicit decode loop rather than ``model.generate``: the engine needs the first token's
 time (time to first token), a text delta per token for the Markdown stream, and control over
 when SSA's source tracking is on. Each step runs the model on one token with the cache, which
-works the same on transformers 5.17 (``past_key_values=``) and 5.24+ (``cache=``).
+works the same on transformers 5.17 (``past_key_values=``) and 5.24+ (``cache=``); on CUDA the
+plain SSA steps replay a CUDA graph (``decode.py``).
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ def generate(
     generator = None
     if cfg.temperature > 0 and cfg.seed is not None:
         generator = torch.Generator(device=first_logits.device).manual_seed(cfg.seed)
-    device = first_logits.device
     stream = TextStream(tokenizer)
+    from ssa_code.engine.decode import Decoder
+
+    decoder = Decoder(model, cache)
     logits = first_logits
     for i in range(cfg.max_new_tokens):
         token = pick_token(logits, cfg, generator)
@@ -144,4 +147,4 @@ def generate(
             return
         yield Step(token, stream.push(token))
         if i + 1 < cfg.max_new_tokens:
-            logits = forward_tokens(model, cache, torch.tensor([[token]], device=device))
+            logits = decoder(token)
