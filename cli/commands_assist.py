@@ -155,6 +155,28 @@ def _pack(repo: Path, loaded: Any, include: list[str], exclude: list[str]) -> tu
     return packed, key_options
 
 
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process in bytes (``None`` where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kibibytes, macOS bytes.
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def peak_memory(loaded: Any) -> dict[str, int | None]:
+    """Process peaks after a query: GPU memory allocated (when the model runs on CUDA) and host RSS."""
+    gpu = None
+    device = getattr(loaded, "device", None)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        gpu = int(torch.cuda.max_memory_allocated(device))
+    return {"peak_gpu_bytes": gpu, "peak_rss_bytes": peak_rss_bytes()}
+
+
 def _result_json(result: Any, loaded: Any) -> dict[str, Any]:
     return {
         "answer": result.answer,
@@ -164,16 +186,24 @@ def _result_json(result: Any, loaded: Any) -> dict[str, Any]:
         "state_reused": result.state_reused,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "tokens": result.tokens,
+        "memory": result.memory,
         "model": loaded.identity.get("model"),
+        "device": str(loaded.device),
+        "model_load": getattr(loaded, "load_path", None),
         "warnings": result.warnings,
     }
 
 
 def _print_timings(result: Any) -> None:
     ttft = "n/a (empty answer)" if result.ttft_s is None else f"{result.ttft_s:.3f} s"
+    memory = ""
+    if result.memory.get("peak_gpu_bytes") is not None:
+        memory += f" · peak GPU {_gib(result.memory['peak_gpu_bytes'])}"
+    if result.memory.get("peak_rss_bytes") is not None:
+        memory += f" · peak RSS {_gib(result.memory['peak_rss_bytes'])}"
     err_console().print(
         f"ttft {ttft} · prefill {result.prefill_s:.3f} s · state reused: {'yes' if result.state_reused else 'no'} · "
-        f"{result.tokens.get('context', 0):,} context tokens · {result.tokens.get('answer', 0)} answer tokens",
+        f"{result.tokens.get('context', 0):,} context tokens · {result.tokens.get('answer', 0)} answer tokens{memory}",
         markup=False,
         soft_wrap=True,
     )
@@ -235,6 +265,7 @@ def _run(
         ui=ui, reuse_state=not no_state, budget=total_budget, started=started,
     )
     result.timings = {"model_load_s": load_s, "pack_s": pack_s, **result.timings}
+    result.memory = peak_memory(loaded)
     return result, loaded, info
 
 

@@ -124,6 +124,9 @@ class Result:
     ``ttft_s``: from the start of :func:`run_query` (after the model is loaded) to the first
     answer token, so it includes packing, prefill or state loading, and the question.
     ``prefill_s``: the repository prefill (0 when the saved state was reused).
+    ``memory``: peaks of the whole process so far, filled in by the CLI after the answer:
+    ``peak_gpu_bytes`` (``torch.cuda.max_memory_allocated()``, ``None`` off CUDA) and
+    ``peak_rss_bytes`` (host resident set, ``None`` where the OS does not report it).
     """
 
     answer: str
@@ -135,6 +138,7 @@ class Result:
     tokens: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     packed: Any = None
+    memory: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,14 @@ def test_ask_json_shape_and_no_state(sample_repo, random_model_dir, isolated_env
     assert data["state_reused"] is False and data["prefill_s"] > 0
     assert data["tokens"]["answer"] <= 6
     assert states(isolated_env / "cache") == []
+    # Process peaks: GPU memory only when the model ran on CUDA; host RSS at least the model's weights.
+    memory = data["memory"]
+    assert set(memory) == {"peak_gpu_bytes", "peak_rss_bytes"}
+    if data["device"].startswith("cuda"):
+        assert memory["peak_gpu_bytes"] > 0 and data["model_load"] in ("direct", "via_cpu")
+    else:
+        assert memory["peak_gpu_bytes"] is None and data["model_load"] == "cpu"
+    assert memory["peak_rss_bytes"] > 50 * 2**20  # torch and transformers alone take more
 
 
 def test_default_model_is_tiny_with_a_note(sample_repo, isolated_env):
