@@ -7,7 +7,10 @@ finally the bundled tiny model. A name is a local directory, ``tiny``, or a Hugg
 that must already be in the local Hugging Face cache: nothing is ever downloaded
 (``HF_HUB_OFFLINE=1`` and ``local_files_only=True``).
 
-Device: CUDA when available (bfloat16), else CPU (float32).
+Device: CUDA when available (bfloat16), else CPU (float32). On CUDA the weights are loaded
+straight onto the GPU (``device_map``, which transformers 5.17-5.39 only accepts with
+``accelerate`` installed); without ``accelerate``, or if that load fails, they are loaded on the
+CPU and moved, which holds a second copy of a 15 GB model in host memory for a while.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class LoadedModel:
     device: Any
     dtype: Any
     identity: dict[str, str]
+    # How the weights reached the device: "direct" (from_pretrained put them on the GPU),
+    # "via_cpu" (loaded on the CPU, then moved) or "cpu" (they stay there).
+    load_path: str = "cpu"
 
 
 def config_dir() -> Path:
@@ -224,15 +230,7 @@ def load_model(spec: ModelSpec, *, device: Any = None, dtype: Any = None) -> Loa
         else:
             raise _not_available(spec.name) from None
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, local_files_only=True)
-    except OSError:
-        if local:
-            raise UsageError(f"{spec.name} has no loadable weights (model.safetensors or pytorch_model.bin)") from None
-        raise _not_available(spec.name) from None
-    except ValueError as exc:
-        raise UsageError(f"{spec.name} is not a causal language model transformers can load: {_first_line(exc)}") from None
-    model.to(device)
+    model, load_path = _load_weights(AutoModelForCausalLM, where, config, dtype, device, spec, local)
     model.eval()
 
     identity = {"model": spec.name if not spec.is_tiny else TINY}
@@ -242,7 +240,70 @@ def load_model(spec: ModelSpec, *, device: Any = None, dtype: Any = None) -> Loa
     if local:
         identity["fingerprint"] = _fingerprint(Path(where))
     identity["dtype"] = str(dtype).removeprefix("torch.")
-    return LoadedModel(model, tokenizer, spec, where, device, dtype, identity)
+    return LoadedModel(model, tokenizer, spec, where, device, dtype, identity, load_path)
+
+
+def _direct_device_map(device: Any) -> dict[str, Any] | None:
+    """A ``device_map`` that loads every weight straight onto ``device``, or ``None`` to load on the CPU.
+
+    Only for CUDA: on the CPU the plain load is already direct. transformers (5.17 to 5.39)
+    refuses any ``device_map``, and a default-device context too, unless ``accelerate`` is
+    installed; a single-device map needs nothing else of it (no ``psutil``).
+    """
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        from transformers.utils import is_accelerate_available
+    except ImportError:
+        return None
+    if not is_accelerate_available():
+        return None
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return {"": device}
+
+
+def _load_weights(auto_cls: Any, where: str, config: Any, dtype: Any, device: Any, spec: ModelSpec,
+                  local: bool) -> tuple[Any, str]:
+    """The causal LM on ``device`` and how it got there (``LoadedModel.load_path``).
+
+    Straight to the GPU when :func:`_direct_device_map` allows it; if that raises (other than
+    running out of GPU memory), the partial model is dropped and the CPU path runs, which
+    reports a broken model directory as the usual one-line error.
+    """
+    import torch
+
+    device_map = _direct_device_map(device)
+    if device_map is not None:
+        try:
+            model = auto_cls.from_pretrained(where, config=config, dtype=dtype, local_files_only=True,
+                                             device_map=device_map)
+            return model, "direct"
+        except torch.cuda.OutOfMemoryError:  # the CPU path would only run out again, later
+            raise
+        except Exception:  # noqa: BLE001 - any failure falls back to the path that always worked
+            pass
+        # Outside the handler, so the traceback no longer holds the partial model's GPU tensors.
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    try:
+        model = auto_cls.from_pretrained(where, config=config, dtype=dtype, local_files_only=True)
+    except OSError:
+        if local:
+            raise UsageError(f"{spec.name} has no loadable weights (model.safetensors or pytorch_model.bin)") from None
+        raise _not_available(spec.name) from None
+    except ValueError as exc:
+        raise UsageError(f"{spec.name} is not a causal language model transformers can load: {_first_line(exc)}") from None
+    if torch.device(device).type == "cpu":
+        return model, "cpu"
+    model.to(device)
+    return model, "via_cpu"
 
 
 def _fallback_tokenizer(exc: BaseException, spec: ModelSpec) -> Any:

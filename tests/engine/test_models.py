@@ -109,3 +109,82 @@ def test_garbage_config_json(tmp_path):
     with pytest.raises(UsageError) as info:
         load_model(ModelSpec(str(tmp_path), "option"))
     assert "\n" not in info.value.message
+
+
+# -- how the weights reach the device ------------------------------------------------------------
+
+
+def test_cpu_load_path_is_unchanged(random_model_dir):
+    from ssa_code.engine.models import _direct_device_map
+
+    assert _direct_device_map(torch.device("cpu")) is None
+    loaded = load_model(ModelSpec(str(random_model_dir), "option"), device=torch.device("cpu"), dtype=torch.float32)
+    assert loaded.load_path == "cpu"
+
+
+def test_device_map_load_gives_the_same_weights_or_falls_back(random_model_dir, monkeypatch):
+    """The direct path with a real transformers: the weights it loads equal the plain load's.
+
+    Without ``accelerate`` transformers refuses the ``device_map``; the loader must then fall
+    back to the plain path and still load the same weights.
+    """
+    import ssa_code.engine.models as models
+    from transformers.utils import is_accelerate_available
+
+    spec = ModelSpec(str(random_model_dir), "option")
+    plain = load_model(spec, device=torch.device("cpu"), dtype=torch.float32).model.state_dict()
+    monkeypatch.setattr(models, "_direct_device_map", lambda device: {"": torch.device("cpu")})
+    loaded = load_model(spec, device=torch.device("cpu"), dtype=torch.float32)
+    assert loaded.load_path == ("direct" if is_accelerate_available() else "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(plain.values(), loaded.model.state_dict().values(), strict=True))
+
+
+class _Stub:
+    def __init__(self) -> None:
+        self.moved_to = None
+
+    def to(self, device):
+        self.moved_to = device
+        return self
+
+
+def _recording_auto_cls(fail_direct: bool):
+    calls = []
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(where, **kwargs):
+            calls.append(kwargs)
+            if "device_map" in kwargs and fail_direct:
+                raise ValueError("Using a `device_map` requires `accelerate`")
+            return _Stub()
+
+    return Auto, calls
+
+
+@pytest.mark.parametrize("fail_direct", [False, True])
+def test_cuda_loads_straight_to_the_device_else_via_cpu(monkeypatch, fail_direct):
+    import ssa_code.engine.models as models
+
+    cuda = torch.device("cuda", 0)  # only named: the stub model never touches it
+    monkeypatch.setattr(models, "_direct_device_map", lambda device: {"": device})
+    auto, calls = _recording_auto_cls(fail_direct)
+    model, how = models._load_weights(auto, "dir", None, torch.bfloat16, cuda, ModelSpec("dir", "option"), True)
+    assert calls[0]["device_map"] == {"": cuda}
+    if fail_direct:
+        assert how == "via_cpu" and model.moved_to == cuda
+        assert len(calls) == 2 and "device_map" not in calls[1]
+    else:
+        assert how == "direct" and model.moved_to is None and len(calls) == 1
+
+
+def test_no_device_map_without_accelerate_or_off_cuda(monkeypatch):
+    import transformers.utils
+
+    from ssa_code.engine.models import _direct_device_map
+
+    assert _direct_device_map("cpu") is None
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda: False)
+    assert _direct_device_map(torch.device("cuda", 0)) is None
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda: True)
+    assert _direct_device_map(torch.device("cuda", 1)) == {"": torch.device("cuda", 1)}
