@@ -128,6 +128,8 @@ class SSACache(Cache):
         p0 = layer.seen
         self.static_slot.fill_(layer.window_slot(p0))
         self.static_pos.fill_(p0)
+        for each in self.layers:
+            each.refresh_static_ranges()
 
     def advance_static(self) -> None:
         """Move every layer's host counters past the token a static step wrote."""

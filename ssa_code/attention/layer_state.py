@@ -106,6 +106,10 @@ class SSALayer(CacheLayerMixin):
         self.decode_steps = 0
         self._ranges_key: tuple[int, ...] | None = None
         self._ranges: torch.Tensor | None = None
+        # The static step's ranges live in one tensor for the life of the state: a captured
+        # CUDA graph reads them from this address (see refresh_static_ranges).
+        self._static_ranges = torch.zeros(6, 2, dtype=torch.int32, device=device)
+        self._static_key: tuple[int, ...] | None = None
         self.is_initialized = True
 
     def fixed_tensors(self) -> list[torch.Tensor]:
@@ -163,6 +167,7 @@ class SSALayer(CacheLayerMixin):
         if store_parts.get("k") is not None and store_parts["k"].shape[1]:
             self.store.append(store_parts["k"], store_parts["v"])
         self._ranges_key = None
+        self._static_key = None
 
     # -- transformers Cache layer API ---------------------------------------------------
 
@@ -211,12 +216,13 @@ class SSALayer(CacheLayerMixin):
 
     # -- the step ---------------------------------------------------------------------------
 
+    @torch.no_grad()
     def attend(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """Attention of the pending chunk, then commit it.
 
         Args:
             q: ``[Hq, M, D]`` queries rotated at positions ``seen .. seen + M - 1``.
-        Returns ``[Hq, M, D]``.
+        Returns ``[Hq, M, D]``. The state is inference-only: nothing here records autograd history.
         """
         from ssa_code.kernels import tier_attention, tier_attention_mass
 
@@ -290,8 +296,8 @@ class SSALayer(CacheLayerMixin):
 
         k_new, v_new = self.pending
         self.pending = None
-        ranges = self._occupied_ranges(full_ring=True)
-        out, _ = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
+        out, _ = tier_attention(q, self.k, self.v, self.bias, self._static_ranges, k_new, v_new, scale,
+                                self.cfg.kernels)
         slot, pos = self.cache.static_slot, self.cache.static_pos
         self.k.index_copy_(1, slot, k_new)
         self.v.index_copy_(1, slot, v_new)
@@ -299,6 +305,18 @@ class SSALayer(CacheLayerMixin):
         self.bias.index_fill_(1, slot, 0.0)
         self.mass.index_fill_(1, slot, 0.0)
         return out
+
+    def refresh_static_ranges(self) -> None:
+        """Write the tiers' current spans (six, empty ones included) into the static ranges.
+
+        Eager steps change the tier counts (summaries fill, heavy hitters arrive); the copy
+        happens only when they did, before a plain step runs.
+        """
+        spans = self._spans(self.cfg.ring)
+        key = tuple(e for _, e in spans)
+        if key != self._static_key:
+            self._static_ranges.copy_(torch.tensor(spans, dtype=torch.int32))
+            self._static_key = key
 
     def advance_static(self) -> None:
         """Host bookkeeping of one plain decode step run by :meth:`_attend_static` (or its graph)."""
@@ -465,14 +483,17 @@ class SSALayer(CacheLayerMixin):
 
     # -- 3. ranges --------------------------------------------------------------------------
 
-    def _occupied_ranges(self, full_ring: bool = False) -> torch.Tensor:
-        ring_used = self.cfg.ring if full_ring else min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
+    def _spans(self, ring_used: int) -> list[tuple[int, int]]:
+        """``(start, end)`` of every tier's occupied slots, in buffer order."""
+        return [(self.SINK, self.SINK + self.n_sink), (self.PIN, self.PIN + self.n_pin),
+                (self.HEAVY, self.HEAVY + self.n_heavy), (self.SUMM, self.SUMM + self.summaries.n),
+                (self.STAGE, self.STAGE + self.n_stage), (self.WIN, self.WIN + ring_used)]
+
+    def _occupied_ranges(self) -> torch.Tensor:
+        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
         key = (self.n_sink, self.n_pin, self.n_heavy, self.summaries.n, self.n_stage, ring_used)
         if key != self._ranges_key:
-            spans = [(self.SINK, self.SINK + self.n_sink), (self.PIN, self.PIN + self.n_pin),
-                     (self.HEAVY, self.HEAVY + self.n_heavy), (self.SUMM, self.SUMM + self.summaries.n),
-                     (self.STAGE, self.STAGE + self.n_stage), (self.WIN, self.WIN + ring_used)]
-            spans = [s for s in spans if s[1] > s[0]]
+            spans = [s for s in self._spans(ring_used) if s[1] > s[0]]
             self._ranges = torch.tensor(spans, dtype=torch.int32, device=self.device).reshape(-1, 2)
             self._ranges_key = key
         return self._ranges
