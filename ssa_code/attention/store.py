@@ -15,12 +15,27 @@ already holds.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 PAGE_BLOCKS = 256
+
+_WRITER: ThreadPoolExecutor | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """One thread, shared by every store, that moves blocks from bounce buffers into pages."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssa-store")
+        return _WRITER
 
 
 class BlockStore:
@@ -66,7 +81,7 @@ class _PagedStore(BlockStore):
     def __init__(self, heads: int, block: int, dim: int, dtype: torch.dtype) -> None:
         super().__init__(heads, block, dim, dtype)
         self._bounce: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.cuda.Event] | None = None
+        self._pending: Future | None = None
         self.k_pages: list[torch.Tensor] = []
         self.v_pages: list[torch.Tensor] = []
 
@@ -76,39 +91,33 @@ class _PagedStore(BlockStore):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append ``n`` blocks ``k, v [H, n, B, D]``.
 
-        From a CUDA device the copy is asynchronous: blocks land in a page-locked bounce
-        buffer and reach their pages at the next append, fetch or state read, by which time
-        the copy has long finished. The host never waits for the device here.
+        From a CUDA device nothing here waits: the blocks are copied asynchronously into a
+        page-locked bounce buffer, and a writer thread moves them into their pages once the
+        copy is done, while the host goes on launching the next layers. The next append, fetch
+        or state read of this store waits for that write (by then long finished).
         """
         self._flush()
         # [H, n, B, D] -> [n, H, B, D]: a block is one contiguous run in its page.
         k = k.transpose(0, 1)
         v = v.transpose(0, 1)
-        if k.is_cuda:
-            n = k.shape[0]
-            if self._bounce is None or self._bounce[0].shape[0] < n:
-                shape = (max(n, 2 * (0 if self._bounce is None else self._bounce[0].shape[0])),) + tuple(k.shape[1:])
-                self._bounce = (torch.empty(shape, dtype=self.dtype, pin_memory=True),
-                                torch.empty(shape, dtype=self.dtype, pin_memory=True))
-            kb, vb = self._bounce[0][:n], self._bounce[1][:n]
-            kb.copy_(k, non_blocking=True)
-            vb.copy_(v, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._pending = (kb, vb, event)
+        if not k.is_cuda:
+            self._write(self._reserve(k.shape[0]), k, v)
             return
-        self._write(k, v)
-
-    def _flush(self) -> None:
-        if self._pending is not None:
-            kb, vb, event = self._pending
-            event.synchronize()
-            self._pending = None
-            self._write(kb, vb)
-
-    def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
         n = k.shape[0]
-        done = 0
+        if self._bounce is None or self._bounce[0].shape[0] < n:
+            shape = (max(n, 2 * (0 if self._bounce is None else self._bounce[0].shape[0])),) + tuple(k.shape[1:])
+            self._bounce = (torch.empty(shape, dtype=self.dtype, pin_memory=True),
+                            torch.empty(shape, dtype=self.dtype, pin_memory=True))
+        kb, vb = self._bounce[0][:n], self._bounce[1][:n]
+        kb.copy_(k, non_blocking=True)
+        vb.copy_(v, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending = _writer().submit(self._write_when_copied, event, self._reserve(n), kb, vb)
+
+    def _reserve(self, n: int) -> list[tuple[int, int, int]]:
+        """Room for ``n`` more blocks: ``(page, first slot, count)`` runs, pages allocated here."""
+        runs, done = [], 0
         while done < n:
             page, slot = divmod(self.num_blocks, PAGE_BLOCKS)
             if page == len(self.k_pages):
@@ -116,10 +125,28 @@ class _PagedStore(BlockStore):
                 self.k_pages.append(kp)
                 self.v_pages.append(vp)
             take = min(n - done, PAGE_BLOCKS - slot)
+            runs.append((page, slot, take))
+            done += take
+            self.num_blocks += take
+        return runs
+
+    def _write(self, runs: list[tuple[int, int, int]], k: torch.Tensor, v: torch.Tensor) -> None:
+        done = 0
+        for page, slot, take in runs:
             self.k_pages[page][slot:slot + take].copy_(k[done:done + take])
             self.v_pages[page][slot:slot + take].copy_(v[done:done + take])
             done += take
-            self.num_blocks += take
+
+    def _write_when_copied(self, event: torch.cuda.Event, runs, kb: torch.Tensor, vb: torch.Tensor) -> None:
+        # Poll rather than event.synchronize(), which could hold the interpreter lock.
+        while not event.query():
+            time.sleep(50e-6)
+        self._write(runs, kb, vb)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def fetch(self, heads: torch.Tensor, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``ids[i]`` of head ``heads[i]`` (CPU int64 ``[n]``) -> ``k, v [n, B, D]`` on ``device``."""
@@ -143,9 +170,8 @@ class _PagedStore(BlockStore):
         return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
 
     def nbytes(self) -> int:
-        pending = self._pending[0].shape[0] if self._pending is not None else 0
         per_block = 2 * self.heads * self.block * self.dim * torch.empty((), dtype=self.dtype).element_size()
-        return (self.num_blocks + pending) * per_block
+        return self.num_blocks * per_block
 
     def state(self) -> dict[str, torch.Tensor]:
         self._flush()
@@ -155,6 +181,12 @@ class _PagedStore(BlockStore):
         k = torch.cat(self.k_pages)[: self.num_blocks].transpose(0, 1).contiguous()
         v = torch.cat(self.v_pages)[: self.num_blocks].transpose(0, 1).contiguous()
         return {"k": k, "v": v}
+
+
+    def close(self) -> None:
+        self._flush()
+        self.k_pages.clear()
+        self.v_pages.clear()
 
 
 class HostStore(_PagedStore):
@@ -190,8 +222,7 @@ class DiskStore(_PagedStore):
         return pair[0], pair[1]
 
     def close(self) -> None:
-        self.k_pages.clear()
-        self.v_pages.clear()
+        super().close()
         for path in self._files:
             try:
                 path.unlink()

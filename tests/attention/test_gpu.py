@@ -94,3 +94,22 @@ def test_graph_decode_matches_eager_decode():
     assert runs["graph"][0] == runs["eager"][0]
     err = _rel(runs["graph"][1], runs["eager"][1])
     assert err < 1e-4, f"relative error {err:.2e} between graph and eager decode (float32)"
+
+
+def test_host_store_round_trip_from_cuda():
+    """Blocks appended from the GPU (asynchronous copy, written by the store's thread) come back intact."""
+    from ssa_code.attention.store import PAGE_BLOCKS, HostStore
+
+    store = HostStore(heads=2, block=16, dim=64, dtype=torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    parts = [torch.randn(2, n, 16, 64, device="cuda", generator=g).to(torch.bfloat16) for n in (3, PAGE_BLOCKS, 40)]
+    for p in parts:
+        store.append(p, -p)
+    every = torch.cat(parts, dim=1)  # [H, N, B, D]
+    n = every.shape[1]
+    heads = torch.tensor([0, 1, 1, 0, 1])
+    ids = torch.tensor([0, 2, PAGE_BLOCKS + 1, n - 1, 5])
+    k, v = store.fetch(heads, ids, torch.device("cuda"))
+    assert torch.equal(k, every[heads.cuda(), ids.cuda()]) and torch.equal(v, -k)
+    assert store.nbytes() == 2 * 2 * n * 16 * 64 * 2
+    store.close()
