@@ -47,11 +47,9 @@ def report(fn, types, consts, num_warps, num_stages):
     k = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=TARGET,
                        options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = k.asm["ptx"]
-    shown = {c: v for c, v in consts.items() if c.startswith(("BLOCK", "MERGE")) or c == "SPLIT"}
-    atoms = sorted({t for ln in ptx.splitlines() for t in ln.split() if t.startswith("atom.")})
+    shown = {c: v for c, v in consts.items() if c.startswith("BLOCK") or c == "SPLIT"}
     print(f"{fn.__name__} {shown} w{num_warps} s{num_stages}: smem {k.metadata.shared} B, "
           f"{resources(k.asm['cubin'])}, wgmma {'wgmma' in ptx}, cp.async {'cp.async' in ptx}, "
-          f"{'atomics ' + ' '.join(atoms) + ', ' if atoms else ''}"
           f"compile {time.time() - t0:.1f} s", flush=True)
 
 
@@ -59,19 +57,17 @@ def main():
     bf16 = "*bf16"
     fwd_types = dict(Q=bf16, K=bf16, V=bf16, KN=bf16, VN=bf16, OUT=bf16, BIAS="*fp32",
                      O_PART="*fp32", LSE_PART="*fp32", LSE="*fp32", RANGES="*i32",
-                     COUNTERS="*i32", sm_scale="fp32")
+                     sm_scale="fp32")
     base = dict(GROUP=7, HEAD_DIM=128, INPUT_PRECISION="tf32")
     for c in TA._PREFILL_CONFIGS:
-        report(TA.ssa_attn_fwd_kernel, fwd_types,
-               dict(base, SPLIT=False, MERGE_ROWS=1, MERGE_SPLITS=1, **c.kwargs),
+        report(TA.ssa_attn_fwd_kernel, fwd_types, dict(base, SPLIT=False, **c.kwargs),
                c.num_warps, c.num_stages)
-    # Split-K with the fused merge: decode (16-row block, merge 8 rows x 8 splits) and short
-    # chunks (64-row block, merge 16 rows x 4 splits).
     for c in TA._SPLIT_CONFIGS:
-        for block_m, merge_rows, merge_splits in ((16, 8, 8), (64, 16, 4)):
+        for block_m in (16, 64):
             report(TA.ssa_attn_fwd_kernel, fwd_types,
-                   dict(base, SPLIT=True, BLOCK_M=block_m, MERGE_ROWS=merge_rows,
-                        MERGE_SPLITS=merge_splits, **c.kwargs), c.num_warps, c.num_stages)
+                   dict(base, SPLIT=True, BLOCK_M=block_m, **c.kwargs), c.num_warps, c.num_stages)
+    report(TA.ssa_attn_combine_kernel, dict(O_PART="*fp32", LSE_PART="*fp32", OUT=bf16, LSE="*fp32"),
+           dict(HEAD_DIM=128, SPLITS_PAD=128, SPLIT_BLOCK=16, INTERP=False), 4, 3)
     report(TA.ssa_attn_mass_kernel,
            dict(Q=bf16, K=bf16, KN=bf16, BIAS="*fp32", RANGES="*i32", LSE="*fp32",
                 MASS_BUF="*fp32", MASS_NEW="*fp32", sm_scale="fp32"),

@@ -6,32 +6,19 @@ Method: FlashAttention-2 (Dao, 2023) forward: fp32 online softmax in base 2, one
 block of query rows, K/V tiles streamed through the inner loop. GQA: the G query heads of a KV
 group are packed into the row dimension (row r = g * M + m), so a program's K/V tile serves
 every head whose rows it holds and decode (M = 1) still fills a tensor-core tile. Decode and
-short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023) in one
-launch: each split writes a partial (out, lse) in fp32 and takes a ticket (an atomic add on a
-per-(row block, KV head) counter); the split that draws the last ticket merges the partials
-(the "last block" pattern of CUDA's threadFenceReduction sample and of CUTLASS's serial
-split-K) and resets the counter. The merge therefore costs no second launch; its partials
-are still in L2. Split count: `plan_splits` (one wave of long splits; swept by
-benchmarks/bench_kernels.py).
+short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023): each split
+writes a partial (out, lse) in fp32 and a small combine kernel merges them.
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
 values (0 * NaN is NaN inside the P @ V product, so buffers must be zero-initialised, not
 torch.empty); ranges must lie inside the buffer and not overlap (validated only when `ranges`
-is a CPU tensor, to avoid a device sync per call). The split-K tickets live in one cached
-buffer per device (`split_counters`): launches on one stream and CUDA-graph replays are safe,
-two launches running at the same time on two streams of one device are not; the first call
-must come before graph capture (it allocates the buffer).
+is a CPU tensor, to avoid a device sync per call).
 
 Trust: correctness is tested on CPU under the Triton interpreter (small sizes, fp32/bf16/fp16,
-head_dim 64/128, forced split counts 1-16; the interpreter runs programs one after the other,
-so there the last split always merges) and on CUDA against the PyTorch reference at real sizes,
-where programs finish in any order (tests marked gpu: repeated launches and CUDA-graph replays
-must give the same bits, and the checks in benchmarks/bench_kernels.py). The memory ordering
-was checked in the sm_90 SASS (benchmarks/sm90_resource_report.py compiles it): barrier, then
-one thread's MEMBAR.GPU + ATOMG.ADD + CCTL.IVALL, then the merge's L2 (.cg) loads. Prefill
-configs were measured on an H200 (BENCHMARKS.md); the split-K configs and split count are
-guesses until the sweep has run.
+head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a GPU is present
+(tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
+guess for Hopper (H100/H200), not yet measured.
 """
 from __future__ import annotations
 
@@ -85,71 +72,17 @@ def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
 
 
 @triton.jit
-def _merge_splits(O_PART, LSE_PART, OUT, LSE, row0, n_rows, kvh, M, n_q, NUM_SPLITS,
-                  stride_oh, stride_om, stride_lh,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                  MERGE_ROWS: tl.constexpr, MERGE_SPLITS: tl.constexpr, INTERP: tl.constexpr):
-    """Merges the NUM_SPLITS partial (out, lse) of rows [row0, row0 + BLOCK_M) of KV head `kvh`
-    (flash-decoding's combine) and writes out and lse. MERGE_ROWS rows x MERGE_SPLITS splits are
-    loaded at once ([MERGE_SPLITS, MERGE_ROWS, HEAD_DIM] fp32, 32 KB at most): the partials sit
-    in L2, so the merge costs about one L2 round trip per chunk, not one per split."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_s = tl.arange(0, MERGE_SPLITS)
-    row_end = tl.minimum(row0 + BLOCK_M, n_rows)
-    for r0 in range(row0, row_end, MERGE_ROWS):
-        rows = r0 + tl.arange(0, MERGE_ROWS)
-        row_ok = rows < row_end
-        rows_c = tl.minimum(rows, row_end - 1)
-        head = kvh * GROUP + rows_c // M
-        qm = rows_c % M
-        prow = head.to(tl.int64) * M + qm
-        m_run = tl.full([MERGE_ROWS], -1.0e30, dtype=tl.float32)
-        den = tl.zeros([MERGE_ROWS], dtype=tl.float32)
-        acc = tl.zeros([MERGE_ROWS, HEAD_DIM], dtype=tl.float32)
-        for s0 in range(0, NUM_SPLITS, MERGE_SPLITS):
-            s = s0 + offs_s
-            s_ok = s < NUM_SPLITS
-            idx = s.to(tl.int64)[:, None] * n_q + prow[None, :]
-            # .cg: read through L2, never a stale L1 line (the partials come from other SMs).
-            lse_b = tl.load(LSE_PART + idx, mask=s_ok[:, None], other=float("-inf"),
-                            cache_modifier=".cg")
-            o_b = tl.load(O_PART + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                          mask=s_ok[:, None, None], other=0.0, cache_modifier=".cg")
-            # Empty splits have lse -inf and weigh 0; the finite start keeps exp() NaN-free.
-            m_new = tl.maximum(m_run, tl.max(lse_b, 0))
-            alpha = tl.exp(m_run - m_new)
-            w = tl.exp(lse_b - m_new[None, :])
-            den = den * alpha + tl.sum(w, 0)
-            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o_b, 0)
-            m_run = m_new
-        # The split holding the row's largest lse weighs 1 (the last split holds the diagonal
-        # key, so it is finite): den >= 1 on every real row.
-        o = acc / den[:, None]
-        tl.store(OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om
-                 + offs_d[None, :], cast(o, OUT.dtype.element_ty, INTERP), mask=row_ok[:, None])
-        tl.store(LSE + head.to(tl.int64) * stride_lh + qm, m_run + tl.log(den), mask=row_ok)
-
-
-@triton.jit(do_not_specialize=["NUM_SPLITS"])
 def ssa_attn_fwd_kernel(
-    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART, COUNTERS,
+    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART,
     sm_scale, M, N_RANGES, NUM_SPLITS,
     stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SPLITS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share of the buffer's attended keys in
-    range order; the last split also covers the chunk's own keys (causal).
-
-    SPLIT: each program stores its partial (out, lse) and takes a ticket on the int32 counter of
-    its (row block, KV head); the program that draws the last ticket merges that block's
-    partials into OUT/LSE and puts the counter back to 0 for the next launch (or graph replay).
-    Ordering: every thread's partial stores come before the barrier, the barrier before the
-    acq_rel atomic (release: the stores are visible at GPU scope before the ticket is); the
-    merging program's loads come after its acquire and bypass L1."""
+    range order; the last split also covers the chunk's own keys (causal)."""
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -234,22 +167,42 @@ def ssa_attn_fwd_kernel(
         prow = split.to(tl.int64) * n_q + head.to(tl.int64) * M + qm
         tl.store(O_PART + prow[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
         tl.store(LSE_PART + prow, lse, mask=row_ok)
-        # All threads have stored before the one atomic of the program is issued.
-        tl.debug_barrier()
-        counter = COUNTERS + pid_m * tl.num_programs(1) + kvh
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
-        if ticket == NUM_SPLITS - 1:
-            _merge_splits(O_PART, LSE_PART, OUT, LSE, pid_m * BLOCK_M, n_rows, kvh, M, n_q,
-                          NUM_SPLITS, stride_oh, stride_om, stride_lh, GROUP, HEAD_DIM, BLOCK_M,
-                          MERGE_ROWS, MERGE_SPLITS, INPUT_PRECISION == "interp")
-            # Every split of this block has drawn its ticket: nothing else touches the counter
-            # in this launch, and the next launch is ordered after this one on the stream
-            # (kernel boundary), so a relaxed write suffices.
-            tl.atomic_xchg(counter, 0, sem="relaxed")
     else:
         o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, cast(o, OUT.dtype.element_ty, INPUT_PRECISION == "interp"), mask=row_ok[:, None])
         tl.store(LSE + head.to(tl.int64) * stride_lh + qm, lse, mask=row_ok)
+
+
+@triton.jit
+def ssa_attn_combine_kernel(
+    O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
+    stride_oh, stride_om, stride_lh,
+    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    INTERP: tl.constexpr,
+):
+    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding)."""
+    i = tl.program_id(0)
+    head = i // M
+    qm = i % M
+    offs_s = tl.arange(0, SPLITS_PAD)
+    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=offs_s < NUM_SPLITS,
+                    other=float("-inf"))
+    # The last split holds the diagonal key, so the max is finite.
+    mx = tl.max(lse_s, 0)
+    den = tl.sum(tl.exp(lse_s - mx), 0)
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
+        offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
+        ok = offs_b < NUM_SPLITS
+        lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
+        w = tl.exp(lse_b - mx)
+        o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
+                      mask=ok[:, None], other=0.0)
+        acc += tl.sum(w[:, None] * o_b, 0)
+    o = acc / den
+    tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
+    tl.store(LSE + head.to(tl.int64) * stride_lh + qm, mx + tl.log(den))
 
 
 @triton.jit
@@ -332,14 +285,8 @@ _PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
 ]
 # Split-K (decode and short chunks): few rows, bandwidth-bound; BLOCK_M is set by the host.
-# With one long split per SM (plan_splits) a program must keep enough K/V bytes in flight on
-# its own: the 4-stage config holds three 32 KB tiles in flight. sm_90, bf16, head_dim 128,
-# fused merge included: BLOCK_M 16 (decode): (64, w4, s3) 72 KB smem, 139 regs; (64, w4, s4)
-# 105 KB, 135 regs; (128, w4, s2) 74 KB, 128 regs + 24 B stack (loop bounds). BLOCK_M 64:
-# 116 / 148 / 149 KB, 251-255 regs, at most 24 B stack.
 _SPLIT_CONFIGS = [
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
 ]
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
@@ -350,13 +297,8 @@ _split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M"
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
 _MAX_SPLITS = 128
-# Fewest buffer slots a split is given when choosing the split count (two 128-slot tiles).
-_MIN_KEYS_PER_SPLIT = 256
-# Programs per SM the split count aims for (see plan_splits).
-_SPLIT_WAVES = 1
-# Partials loaded at once by the merge: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
-# elements (32 KB, 64 registers a thread at 4 warps).
-_MERGE_ELEMS = 8192
+# Fewest buffer keys a split is given when choosing the split count.
+_MIN_KEYS_PER_SPLIT = 128
 
 
 def interpreting() -> bool:
@@ -397,57 +339,20 @@ def _pow2(x: int) -> int:
 
 
 def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_M, splits) for the split-K path, or (0, 1) for the autotuned prefill path.
-
-    Heuristic (decode and short chunks are bandwidth-bound): one wave of programs, about one
-    per SM (`_SPLIT_WAVES`), each streaming a long contiguous share of the keys, rather than
-    many short splits. Longer splits keep the K/V pipeline of each program full for longer
-    (its prologue and epilogue are paid once per split) and leave fewer partials for the
-    merge, which runs on one program per (row block, KV head) after the others finish. A
-    split gets at least `_MIN_KEYS_PER_SPLIT` slots of the buffer's capacity, so small buffers
-    use fewer programs. Decode with Qwen2.5-7B heads (4 KV heads) on 132 SMs: 33 splits
-    (8192 slots: shares rounded up to whole tiles give 32 splits of 256 keys and a last one
-    holding only the query's own key; 131072: 33 splits of about 4000).
-    `python benchmarks/bench_kernels.py` sweeps the forced split count at each decode size;
-    the constants above are to be set from that sweep."""
+    """(BLOCK_M, splits) for the split-K path, or (0, 1) for the autotuned prefill path."""
     block_m = max(16, _pow2(n_rows)) if n_rows <= _DECODE_ROWS else 64
     row_blocks = triton.cdiv(n_rows, block_m)
     sms = num_sms(device)
     if n_rows > _DECODE_ROWS and row_blocks * hkv >= sms:
         return 0, 1
-    splits = min(triton.cdiv(_SPLIT_WAVES * sms, row_blocks * hkv),
-                 triton.cdiv(cap, _MIN_KEYS_PER_SPLIT), _MAX_SPLITS)
+    splits = min(triton.cdiv(2 * sms, row_blocks * hkv), triton.cdiv(cap, _MIN_KEYS_PER_SPLIT),
+                 _MAX_SPLITS)
     return block_m, max(1, splits)
-
-
-_COUNTERS: dict = {}
-
-
-def split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """The fused split-K merge's tickets: int32, one per (row block, KV head), zero between
-    launches (the merging program resets its counter), cached per device and grown when a
-    launch needs more. Launches on one stream (and CUDA-graph replays) run one after the
-    other and may share it; two launches running concurrently on two streams of one device
-    would draw each other's tickets: not supported. The buffer is allocated outside graph
-    capture: call tier_attention once before capturing (as Triton's autotuner needs anyway)."""
-    index = device.index
-    if device.type == "cuda" and index is None:
-        index = torch.cuda.current_device()
-    key = (device.type, index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("tier_attention: split-K counters must be allocated before CUDA "
-                               "graph capture; run one call at these sizes before capturing")
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
 
 
 def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
-    contiguous. `num_splits` forces the split count (tests, benchmark sweep); None picks it
-    with `plan_splits`. One kernel launch in every case."""
+    contiguous. `num_splits` forces the split count (tests); None picks it from the sizes."""
     hq, m, d = q.shape
     hkv, cap, _ = k_buf.shape
     group = hq // hkv
@@ -476,21 +381,22 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
         cfg = {} if block_m == 0 else {"BLOCK_M": block_m}
         launch = _prefill_fwd if block_m == 0 else _split_fwd
     if splits == 1:
+        dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
-        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, out, lse, lse,
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
                      float(scale), m, n_ranges, 1, *strides, GROUP=group, HEAD_DIM=d,
-                     SPLIT=False, MERGE_ROWS=1, MERGE_SPLITS=1, INPUT_PRECISION=precision, **cfg)
+                     SPLIT=False, INPUT_PRECISION=precision, **cfg)
         return out, lse
     o_part = alloc((splits, hq, m, d), torch.float32, dev)
     lse_part = alloc((splits, hq, m), torch.float32, dev)
-    counters = split_counters(dev, triton.cdiv(n_rows, block_m) * hkv)
-    merge_rows = min(block_m, _pow2(n_rows), 16)
-    merge_splits = max(1, min(16, _MERGE_ELEMS // (merge_rows * d)))
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
-                 counters, float(scale), m, n_ranges, splits, *strides, GROUP=group, HEAD_DIM=d,
-                 SPLIT=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits,
-                 INPUT_PRECISION=precision, **cfg)
+                 float(scale), m, n_ranges, splits, *strides, GROUP=group, HEAD_DIM=d,
+                 SPLIT=True, INPUT_PRECISION=precision, **cfg)
+    ssa_attn_combine_kernel[(hq * m,)](
+        o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16,
+        INTERP=interpreting(), num_warps=4)
     return out, lse
 
 
