@@ -53,7 +53,9 @@ class SSAConfig:
         rebase_every: during decode, far keys are re-rotated once per this many tokens.
 
     Engine:
-        chunk_size: prefill chunk length (queries per forward).
+        chunk_size: prefill chunk length (queries per forward). Longer chunks pay SSA's
+            per-chunk bookkeeping less often (on an H200 a 7B model's 1M-token prefill took
+            94.6 s in 8K chunks); :meth:`fit` caps it at a quarter of the trained range.
         decode_refresh: during decode, blocks are re-scored and re-fetched, and attention
             mass observed, once per this many tokens (1 = every token); a change of the
             index or the heavy tier forces a refresh at the next token.
@@ -75,7 +77,7 @@ class SSAConfig:
     observe: int = 64
     far_distance: int | None = None
     rebase_every: int = 256
-    chunk_size: int = 4096
+    chunk_size: int = 8192
     decode_refresh: int = 8
     store: StoreKind = "host"
     store_dir: str | None = None
