@@ -243,10 +243,15 @@ def run_query(
             f"question {offset + len(prompt.suffix_ids):,}, answer {gen.max_new_tokens:,}) but the "
             f"budget is {budget:,}; raise --budget or narrow the repository with --include/--exclude"
         )
-    anchors = sorted({(s + offset, e + offset) for s, e in (*packed.anchors, *query.extra_anchors) if e > s})
-
     # Chunk and window must stay inside the positions the model was trained on.
     ssa_config = ssa_config.fit(model.config)
+    reserve = min(QUESTION_RESERVE, ssa_config.pinned // 4)
+    anchors, map_kept = choose_anchors(packed, query.extra_anchors, ssa_config.pinned - reserve)
+    anchors = [(s + offset, e + offset) for s, e in anchors]
+    map_len = packed.map_span[1] - packed.map_span[0] if packed.map_span else 0
+    if map_kept < map_len:
+        ui.status(f"pinned: every file header and {map_kept:,} of the repository map's {map_len:,} tokens "
+                  f"(pinned budget {ssa_config.pinned:,})")
     patch(model, ssa_config)
     store = store or StateStore()
     key = StateKey.build(
@@ -350,6 +355,69 @@ def run_query(
         warnings=warnings,
         packed=packed,
     )
+
+
+# Pinned slots kept free for the question, which is pinned after the (reusable) repository state
+# (at most a quarter of the pinned tier).
+QUESTION_RESERVE = 512
+
+
+def choose_anchors(packed: Any, extra: Sequence[tuple[int, int]], budget: int) -> tuple[list[tuple[int, int]], int]:
+    """The spans to pin within ``budget`` tokens, most useful first; and how much of the map they keep.
+
+    The caller's extra spans (``explain``'s definition, callers and callees) come first, then every
+    file header (the anchor points of the context), then the repository map from its top: on a
+    large repository the map alone is larger than the pinned tier, and pinning it first (it
+    comes first in the sequence) would leave no room for any header. A span that does not fit
+    whole is cut at the budget. Returns spans sorted by position, without overlaps.
+    """
+    map_span = tuple(packed.map_span) if packed.map_span else None
+    headers = [tuple(a) for a in packed.anchors if tuple(a) != map_span]
+    ordered = [*extra, *headers] + ([map_span] if map_span else [])
+    taken: list[tuple[int, int]] = []
+    left = max(0, budget)
+    map_kept = 0
+    for start, end in ordered:
+        if end <= start or left == 0:
+            continue
+        end = min(end, start + left)
+        # Spans may overlap (an explain piece inside a header): count only what is new.
+        new = _uncovered(taken, start, end)
+        if not new:
+            continue
+        for a, b in new:
+            taken.append((a, b))
+            left -= b - a
+    if map_span:
+        map_kept = sum(max(0, min(b, map_span[1]) - max(a, map_span[0])) for a, b in taken)
+    return _merge(taken), map_kept
+
+
+def _uncovered(taken: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Parts of ``[start, end)`` not inside any span of ``taken``."""
+    parts = [(start, end)]
+    for a, b in taken:
+        nxt = []
+        for s, e in parts:
+            if b <= s or a >= e:
+                nxt.append((s, e))
+                continue
+            if s < a:
+                nxt.append((s, a))
+            if b < e:
+                nxt.append((b, e))
+        parts = nxt
+    return [(s, e) for s, e in parts if e > s]
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 def anchors_for_lines(packed: Any, spans: Sequence[tuple[str, int, int]]) -> list[tuple[int, int]]:

@@ -101,3 +101,28 @@ def test_budget(repo, packed, random_model_dir, tmp_path):
         run_query(packed, Query("ask", "q"), loaded, SSAConfig.from_name("small"), GenerationConfig(max_new_tokens=5),
                   {}, store=StateStore(tmp_path), budget=100)
     assert list(tmp_path.iterdir()) == []
+
+
+class _Packed:
+    def __init__(self, map_span, headers):
+        self.map_span = map_span
+        self.anchors = [map_span, *headers]
+
+
+def test_pinned_budget_goes_to_extra_spans_then_headers_then_the_map_top():
+    from ssa_code.engine.session import choose_anchors
+
+    packed = _Packed((0, 1000), [(1000, 1010), (2000, 2012)])
+    # Everything fits: all spans, the map whole.
+    spans, map_kept = choose_anchors(packed, [(1500, 1600)], 5000)
+    assert spans == [(0, 1010), (1500, 1600), (2000, 2012)] and map_kept == 1000
+    # A map larger than the room left: headers first, then the map from its top.
+    spans, map_kept = choose_anchors(packed, [(1500, 1600)], 200)
+    assert spans == [(0, 78), (1000, 1010), (1500, 1600), (2000, 2012)] and map_kept == 78
+    assert sum(e - s for s, e in spans) == 200
+    # Less room than the extra spans: they are cut, nothing else is pinned.
+    spans, map_kept = choose_anchors(packed, [(1500, 1600)], 50)
+    assert spans == [(1500, 1550)] and map_kept == 0
+    # Overlapping spans count once.
+    spans, _ = choose_anchors(packed, [(1005, 1020)], 25)
+    assert spans == [(1000, 1020), (2000, 2005)] and sum(e - s for s, e in spans) == 25
