@@ -232,6 +232,7 @@ class Prompt:
     needle_pos: int
     copies: int
     cue_len: int
+    needle_len: int = 0
 
 
 def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, depth: float,
@@ -290,7 +291,8 @@ def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, d
         return x + sum(n for p, n in shift_at if (p <= x if inclusive else p < x))
 
     pins = [(moved(int(s), True), moved(int(e), False)) for s, e in anchors if e <= end]
-    return Prompt(np.asarray(out, dtype=np.int64), pins, needles[asked], needle_pos, copies, len(cue))
+    return Prompt(np.asarray(out, dtype=np.int64), pins, needles[asked], needle_pos, copies, len(cue),
+                  len(line_ids[asked]))
 
 
 def make_needles(rng: random.Random, keys: int) -> tuple[list[Needle], int]:
@@ -330,6 +332,7 @@ class Cell:
     store_bytes: int = 0
     pinned_overflow: int = 0
     copies: int = 1
+    needle_held: float | None = None
     note: str = ""
 
 
@@ -361,6 +364,7 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[i
         split = ids.shape[1] - prompt.cue_len
         prefill(model, cache, ids[:, :split], chunk_size=cfg.chunk_size, anchors=anchors)
         logits = prefill(model, cache, ids[:, split:], chunk_size=cfg.chunk_size)[0]
+        held = needle_held(cache, prompt.needle_pos, prompt.needle_len)
         out: list[int] = []
         for i in range(new_tokens):
             tok = int(torch.argmax(logits))
@@ -369,10 +373,33 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[i
                 logits = forward_tokens(model, cache, torch.tensor([[tok]], device=device))
         _sync(device)
         stats = {"gpu_bytes": cache.gpu_bytes(), "store_bytes": cache.store_bytes(),
-                 "pinned_overflow": int(getattr(cache, "pinned_overflow", 0))}
+                 "pinned_overflow": int(getattr(cache, "pinned_overflow", 0)), "needle_held": held}
     finally:
         cache.close()
     return out, stats
+
+
+def needle_held(cache, start: int, n: int) -> float:
+    """Share of the needle line's ``n`` tokens from ``start`` held at full resolution, averaged
+    over layers and KV heads, when the answer starts.
+
+    Full resolution: a token slot of the tier buffer (sinks, pinned, heavy hitters, staged
+    blocks, window) whose bias lets it be attended; summaries do not count. 1.0 means every
+    layer can read the whole needle line; a wrong answer then points at the model, a low value at
+    the selection (or eviction) of its block.
+    """
+    import torch
+
+    span = torch.arange(start, start + n)
+    shares = []
+    for layer in cache.layers:
+        pos, bias = layer.pos.cpu(), layer.bias.cpu()
+        token_slot = torch.ones(pos.shape[1], dtype=torch.bool)
+        token_slot[layer.SUMM:layer.STAGE] = False
+        for head in range(pos.shape[0]):
+            held = pos[head][token_slot & torch.isfinite(bias[head])]
+            shares.append(float(torch.isin(span, held).float().mean()))
+    return sum(shares) / len(shares) if shares else 0.0
 
 
 def run_dense(model, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
@@ -487,6 +514,7 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
     cell.gpu_bytes = stats["gpu_bytes"]
     cell.store_bytes = stats["store_bytes"]
     cell.pinned_overflow = stats["pinned_overflow"]
+    cell.needle_held = stats.get("needle_held")
     log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
         f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
     return cell
@@ -508,7 +536,7 @@ def summarize(cells: Sequence[Cell]) -> dict:
     out: dict = {}
     for c in cells:
         key = (c.method, c.keys, c.length)
-        s = out.setdefault(key, {"run": 0, "correct": 0, "seconds": [], "gpu": [], "store": []})
+        s = out.setdefault(key, {"run": 0, "correct": 0, "seconds": [], "gpu": [], "store": [], "held": []})
         if c.correct is None:
             continue
         s["run"] += 1
@@ -516,6 +544,8 @@ def summarize(cells: Sequence[Cell]) -> dict:
         s["seconds"].append(c.seconds)
         s["gpu"].append(c.gpu_bytes)
         s["store"].append(c.store_bytes)
+        if c.needle_held is not None:
+            s["held"].append(c.needle_held)
     summary = {}
     for (m, k, n), s in out.items():
         summary[f"{m}|{k}|{n}"] = {
@@ -524,6 +554,7 @@ def summarize(cells: Sequence[Cell]) -> dict:
             "mean_seconds": float(np.mean(s["seconds"])) if s["seconds"] else None,
             "gpu_mib": float(np.max(s["gpu"])) / 2**20 if s["gpu"] else None,
             "store_mib": float(np.max(s["store"])) / 2**20 if s["store"] else None,
+            "needle_held": float(np.mean(s["held"])) if s["held"] else None,
         }
     return summary
 
@@ -563,6 +594,13 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
         "## Mean seconds per cell (prefill + greedy answer)",
         "",
         *table("mean_seconds", lambda v, s: f"{v:.2f}"),
+        "",
+        "## Needle line held at full resolution when the answer starts (mean over layers, KV heads, depths)",
+        "",
+        "Low where the method lost or never selected the needle's block; high with a wrong answer "
+        "points at the model. Dense holds everything (`n/a`).",
+        "",
+        *table("needle_held", lambda v, s: f"{v:.2f}"),
         "",
         "## Attention state on the accelerator, MiB (dense: its KV cache)",
         "",

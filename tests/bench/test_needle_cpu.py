@@ -48,3 +48,7 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
     assert got["dense"] >= 1, f"the model does not retrieve even with dense attention: {report}"
     assert got["streaming"] == 0, f"sinks + window cannot see the needle: {report}"
     assert got["ssa"] >= 1, f"SSA did not retrieve the needle: {report}"
+    # The diagnostic agrees: sinks + window never hold the needle line, SSA held it where it answered.
+    assert all(c.needle_held == 0.0 for c in by["streaming"])
+    assert all(c.needle_held > 0.0 for c in by["ssa"] if c.correct)
+    assert all(c.needle_held is None for c in by["dense"])
