@@ -275,12 +275,9 @@ class SSALayer(CacheLayerMixin):
             return False
         if cfg.staging and self.index.n and self.restage:
             return False
-        ref = p0 - p0 % cfg.rebase_every
-        if max(0, ref - self.cache.far_distance) != self.floor:
+        if self._floor_for(p0, 1) != self.floor:
             return False
-        span = p0 + 1 - cfg.window - cfg.sinks
-        frontier = cfg.sinks + (span // cfg.block_size) * cfg.block_size if span > 0 else cfg.sinks
-        return frontier <= self.frontier
+        return self._frontier_for(p0 + 1) <= self.frontier
 
     def window_slot(self, position: int) -> int:
         """The ring slot that holds window token ``position``."""
@@ -325,15 +322,16 @@ class SSALayer(CacheLayerMixin):
 
     # -- 1. positions -----------------------------------------------------------------------
 
+    def _floor_for(self, p0: int, m: int) -> int:
+        """The far-key floor for a step of ``m`` queries at ``p0``: decode re-places far keys once
+        per ``rebase_every`` tokens, not every token."""
+        ref = p0 - p0 % self.cfg.rebase_every if m == 1 else p0
+        return max(0, ref - self.cache.far_distance)
+
     def _rebase(self, p0: int, m: int) -> None:
         """Move far keys so no query of this chunk sees one farther than ``far_distance``."""
         far = self.cache.far_distance
-        if m == 1:
-            # Decode: re-place once per rebase_every tokens, not every token.
-            ref = p0 - p0 % self.cfg.rebase_every
-        else:
-            ref = p0
-        floor = max(0, ref - far)
+        floor = self._floor_for(p0, m)
         if floor == self.floor:
             return
         self.floor = floor
@@ -513,15 +511,13 @@ class SSALayer(CacheLayerMixin):
                             mass_new[:, :ns])
             self.n_sink = p0 + ns
         seen_new = p0 + m
-        span = seen_new - cfg.window - cfg.sinks
-        new_frontier = cfg.sinks + (span // cfg.block_size) * cfg.block_size if span > 0 else cfg.sinks
-        new_frontier = max(new_frontier, self.frontier)
+        new_frontier = max(self._frontier_for(seen_new), self.frontier)
         if new_frontier > self.frontier:
             self._evict(self.frontier, new_frontier, k_new, v_new, mass_new, p0)
         # Window: chunk tokens at positions >= max(frontier, sinks).
         first = max(new_frontier, p0 + ns)
         if first < seen_new:
-            start_slot = self.WIN + (first - cfg.sinks) % cfg.ring
+            start_slot = self.window_slot(first)
             if start_slot + (seen_new - first) <= self.CAP:
                 # No wrap-around (always so in decode): a plain slice, no index tensor.
                 dst = slice(start_slot, start_slot + seen_new - first)
@@ -535,6 +531,13 @@ class SSALayer(CacheLayerMixin):
             self.mass[:, dst] = mass_new[:, src]
         self.frontier = new_frontier
         self.seen = seen_new
+
+    def _frontier_for(self, seen: int) -> int:
+        """First window position once ``seen`` tokens are in: the window keeps ``window`` tokens
+        and gives up whole blocks only (the block grid starts at ``sinks``)."""
+        cfg = self.cfg
+        span = seen - cfg.window - cfg.sinks
+        return cfg.sinks + (span // cfg.block_size) * cfg.block_size if span > 0 else cfg.sinks
 
     def _evict(self, lo: int, hi: int, k_new: torch.Tensor, v_new: torch.Tensor, mass_new: torch.Tensor,
                p0: int) -> None:
