@@ -16,6 +16,17 @@ from __future__ import annotations
 import torch
 
 
+def merge_spans(spans) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` spans sorted, with overlapping or touching ones joined."""
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
 class PinnedSpans:
     """A sorted set of disjoint half-open position spans ``[start, end)``."""
 
@@ -28,13 +39,7 @@ class PinnedSpans:
             raise ValueError(f"pinned span must satisfy 0 <= start <= end, got [{start!r}, {end!r})")
         if start == end:
             return
-        spans = sorted(zip(self.starts.tolist() + [start], self.ends.tolist() + [end]))
-        merged: list[list[int]] = []
-        for s, e in spans:
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
+        merged = merge_spans(zip(self.starts.tolist() + [start], self.ends.tolist() + [end]))
         self.starts = torch.tensor([s for s, _ in merged], dtype=torch.int64)
         self.ends = torch.tensor([e for _, e in merged], dtype=torch.int64)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
+from ssa_code.attention.anchors import merge_spans
 from ssa_code.engine.generate import GenerationConfig, generate, stop_token_ids
 from ssa_code.engine.models import LoadedModel
 from ssa_code.engine.state import StateCorrupted, StateKey, StateStore
@@ -376,21 +377,15 @@ def choose_anchors(packed: Any, extra: Sequence[tuple[int, int]], budget: int) -
     ordered = [*extra, *headers] + ([map_span] if map_span else [])
     taken: list[tuple[int, int]] = []
     left = max(0, budget)
-    map_kept = 0
     for start, end in ordered:
         if end <= start or left == 0:
             continue
-        end = min(end, start + left)
         # Spans may overlap (an explain piece inside a header): count only what is new.
-        new = _uncovered(taken, start, end)
-        if not new:
-            continue
-        for a, b in new:
+        for a, b in _uncovered(taken, start, min(end, start + left)):
             taken.append((a, b))
             left -= b - a
-    if map_span:
-        map_kept = sum(max(0, min(b, map_span[1]) - max(a, map_span[0])) for a, b in taken)
-    return _merge(taken), map_kept
+    map_kept = sum(max(0, min(b, map_span[1]) - max(a, map_span[0])) for a, b in taken) if map_span else 0
+    return merge_spans(taken), map_kept
 
 
 def _uncovered(taken: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
@@ -408,16 +403,6 @@ def _uncovered(taken: list[tuple[int, int]], start: int, end: int) -> list[tuple
                 nxt.append((b, e))
         parts = nxt
     return [(s, e) for s, e in parts if e > s]
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(spans):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
 
 
 def anchors_for_lines(packed: Any, spans: Sequence[tuple[str, int, int]]) -> list[tuple[int, int]]:
