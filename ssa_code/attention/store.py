@@ -198,7 +198,6 @@ class _PagedStore(BlockStore):
         v = torch.cat(self.v_pages)[: self.num_blocks].transpose(0, 1).contiguous()
         return {"k": k, "v": v}
 
-
     def close(self) -> None:
         self._flush()
         self.k_pages.clear()

@@ -10,7 +10,8 @@ and replays it; the other steps (one in ``decode_refresh``, and those that evict
 run eagerly. On CPU, or for a cache that is not an :class:`SSACache`, every step is eager.
 
 If capturing fails (a transformers version that synchronises inside the forward, say), the
-decoder says why in :attr:`Decoder.graph_error` and stays eager: correct, only slower.
+decoder says why in :attr:`Decoder.graph_error` and runs plain steps without the graph
+(``static``): correct, only slower.
 """
 
 from __future__ import annotations
