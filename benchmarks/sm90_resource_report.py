@@ -47,7 +47,8 @@ def report(fn, types, consts, num_warps, num_stages):
     k = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=TARGET,
                        options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = k.asm["ptx"]
-    shown = {c: v for c, v in consts.items() if c.startswith("BLOCK") or c == "SPLIT"}
+    shown = {c: v for c, v in consts.items()
+             if c.startswith("BLOCK") or c in ("SPLIT", "FLAT_KEYS")}
     print(f"{fn.__name__} {shown} w{num_warps} s{num_stages}: smem {k.metadata.shared} B, "
           f"{resources(k.asm['cubin'])}, wgmma {'wgmma' in ptx}, cp.async {'cp.async' in ptx}, "
           f"compile {time.time() - t0:.1f} s", flush=True)
@@ -59,13 +60,17 @@ def main():
                      O_PART="*fp32", LSE_PART="*fp32", LSE="*fp32", RANGES="*i32",
                      sm_scale="fp32")
     base = dict(GROUP=7, HEAD_DIM=128, INPUT_PRECISION="tf32")
+    fwd = dict(base, RANGES_PAD=8)
     for c in TA._PREFILL_CONFIGS:
-        report(TA.ssa_attn_fwd_kernel, fwd_types, dict(base, SPLIT=False, **c.kwargs),
+        report(TA.ssa_attn_fwd_kernel, fwd_types, dict(fwd, SPLIT=False, FLAT_KEYS=False, **c.kwargs),
                c.num_warps, c.num_stages)
-    for c in TA._SPLIT_CONFIGS:
-        for block_m in (16, 64):
-            report(TA.ssa_attn_fwd_kernel, fwd_types,
-                   dict(base, SPLIT=True, BLOCK_M=block_m, **c.kwargs), c.num_warps, c.num_stages)
+    # The split-K path: the flat key loop (used) and the per-range loop (kept to compare).
+    for flat, configs in ((True, TA._SPLIT_CONFIGS), (False, TA._SPLIT_RANGES_CONFIGS)):
+        for c in configs:
+            for block_m in (16, 64):
+                report(TA.ssa_attn_fwd_kernel, fwd_types,
+                       dict(fwd, SPLIT=True, FLAT_KEYS=flat, BLOCK_M=block_m, **c.kwargs),
+                       c.num_warps, c.num_stages)
     report(TA.ssa_attn_combine_kernel, dict(O_PART="*fp32", LSE_PART="*fp32", OUT=bf16, LSE="*fp32"),
            dict(HEAD_DIM=128, SPLITS_PAD=128, SPLIT_BLOCK=16, INTERP=False), 4, 3)
     report(TA.ssa_attn_mass_kernel,

@@ -7,7 +7,9 @@ block of query rows, K/V tiles streamed through the inner loop. GQA: the G query
 group are packed into the row dimension (row r = g * M + m), so a program's K/V tile serves
 every head whose rows it holds and decode (M = 1) still fills a tensor-core tile. Decode and
 short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023): each split
-writes a partial (out, lse) in fp32 and a small combine kernel merges them.
+takes an equal share of the flattened key index (all ranges concatenated), walks it in one loop
+of tiles whose rows are gathered from their slots (as paged attention gathers pages), and writes
+a partial (out, lse) in fp32; a small combine kernel merges them.
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
@@ -18,7 +20,9 @@ is a CPU tensor, to avoid a device sync per call).
 Trust: correctness is tested on CPU under the Triton interpreter (small sizes, fp32/bf16/fp16,
 head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a GPU is present
 (tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
-guess for Hopper (H100/H200), not yet measured.
+guess for Hopper (H100/H200), not yet measured. The flat key loop of the split-K path is
+tested on CPU and compiled offline for sm_90 only; its GPU timing against the per-range loop it
+replaced (`key_loop="ranges"`) is pending (benchmarks/KERNELS_NOTES.md).
 """
 from __future__ import annotations
 
@@ -78,11 +82,19 @@ def ssa_attn_fwd_kernel(
     stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
-    of head kvh * GROUP + r // M. Split s covers an equal share of the buffer's attended keys in
-    range order; the last split also covers the chunk's own keys (causal)."""
+    of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
+    attended keys counted in range order (the flat key index); the last split also covers the
+    chunk's own keys (causal).
+
+    FLAT_KEYS: one loop over the split's tiles of the flat index, each key mapped to its slot
+    through the ranges' prefix sums (held in registers, RANGES_PAD >= N_RANGES entries), so the
+    load pipeline never restarts at a range boundary and no tile is cut short by one; K/V rows
+    are gathered (each row HEAD_DIM contiguous elements), as in paged attention. Otherwise one
+    loop per range (the prefill path, and the split path's previous form, kept to compare)."""
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -107,30 +119,58 @@ def ssa_attn_fwd_kernel(
     v_head = V + kvh.to(tl.int64) * stride_vh
     b_head = BIAS + kvh.to(tl.int64) * stride_bh
 
-    # This split's share [lo, hi) of the attended buffer keys, counted in range order.
-    total = 0
-    for r in range(0, N_RANGES):
-        total += tl.load(RANGES + 2 * r + 1) - tl.load(RANGES + 2 * r)
-    per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    lo = split * per
-    hi = tl.minimum(lo + per, total)
-    cum = 0
-    for r in range(0, N_RANGES):
-        s = tl.load(RANGES + 2 * r)
-        e = tl.load(RANGES + 2 * r + 1)
-        start = s + tl.maximum(lo - cum, 0)
-        end = s + tl.minimum(hi - cum, e - s)
-        for n0 in range(start, end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            # Slots past `end` are clamped onto a valid one and masked through the bias.
-            offs_c = tl.minimum(offs_n, end - 1)
-            bias = tl.load(b_head + offs_n, mask=offs_n < end, other=float("-inf"))
+    if FLAT_KEYS:
+        offs_r = tl.arange(0, RANGES_PAD)
+        r_ok = offs_r < N_RANGES
+        r_start = tl.load(RANGES + 2 * offs_r, mask=r_ok, other=0)
+        r_len = tl.load(RANGES + 2 * offs_r + 1, mask=r_ok, other=0) - r_start
+        # Range r holds the flat keys [f_end - r_len, f_end); key f sits in slot f + r_shift.
+        f_end = tl.cumsum(r_len, 0)
+        f_start = f_end - r_len
+        r_shift = r_start - f_start
+        total = tl.sum(r_len, 0)
+        per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * per
+        hi = tl.minimum(lo + per, total)
+        for f0 in range(lo, hi, BLOCK_N):
+            offs_f = f0 + tl.arange(0, BLOCK_N)
+            # Keys past `hi` are clamped onto the split's last key and masked through the bias.
+            f_c = tl.minimum(offs_f, hi - 1)
+            # Exactly one range holds each key (an empty range holds none): no search, one
+            # [BLOCK_N, RANGES_PAD] compare against the prefix sums.
+            hit = (f_c[:, None] >= f_start[None, :]) & (f_c[:, None] < f_end[None, :])
+            slot = f_c + tl.sum(tl.where(hit, r_shift[None, :], 0), 1)
+            bias = tl.load(b_head + slot, mask=offs_f < hi, other=float("-inf"))
             acc, l_i, m_i = _attn_tile(
                 acc, l_i, m_i, q,
-                k_head + offs_c[:, None] * stride_kn + offs_d[None, :],
-                v_head + offs_c[:, None] * stride_vn + offs_d[None, :],
+                k_head + slot[:, None] * stride_kn + offs_d[None, :],
+                v_head + slot[:, None] * stride_vn + offs_d[None, :],
                 (bias * 1.4426950408889634)[None, :], qk_scale, INPUT_PRECISION)
-        cum += e - s
+    else:
+        # This split's share [lo, hi) of the attended buffer keys, counted in range order.
+        total = 0
+        for r in range(0, N_RANGES):
+            total += tl.load(RANGES + 2 * r + 1) - tl.load(RANGES + 2 * r)
+        per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * per
+        hi = tl.minimum(lo + per, total)
+        cum = 0
+        for r in range(0, N_RANGES):
+            s = tl.load(RANGES + 2 * r)
+            e = tl.load(RANGES + 2 * r + 1)
+            start = s + tl.maximum(lo - cum, 0)
+            end = s + tl.minimum(hi - cum, e - s)
+            for n0 in range(start, end, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                # Slots past `end` are clamped onto a valid one and masked through the bias.
+                offs_c = tl.minimum(offs_n, end - 1)
+                bias = tl.load(b_head + offs_n, mask=offs_n < end, other=float("-inf"))
+                acc, l_i, m_i = _attn_tile(
+                    acc, l_i, m_i, q,
+                    k_head + offs_c[:, None] * stride_kn + offs_d[None, :],
+                    v_head + offs_c[:, None] * stride_vn + offs_d[None, :],
+                    (bias * 1.4426950408889634)[None, :], qk_scale, INPUT_PRECISION)
+            cum += e - s
 
     if split == NUM_SPLITS - 1:
         kn_head = KN + kvh.to(tl.int64) * stride_knh
@@ -285,14 +325,28 @@ _PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
 ]
 # Split-K (decode and short chunks): few rows, bandwidth-bound; BLOCK_M is set by the host.
-_SPLIT_CONFIGS = [
+# The per-range loop keeps the two configs it was measured with (H200, benchmarks/results/
+# bench_kernels_h200.json). The flat loop adds deeper pipelines: one program per SM must keep
+# ~25 KB in flight to pull its 1/132 of HBM bandwidth at an unloaded latency (~32 GB/s x
+# ~0.8 us), several times that when every SM streams at once; a BLOCK_N 64 stage of K and V is
+# 32 KB. sm_90 resources (offline compile): benchmarks/KERNELS_NOTES.md, flat key loop.
+_SPLIT_RANGES_CONFIGS = [
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
+]
+_SPLIT_CONFIGS = _SPLIT_RANGES_CONFIGS + [
+    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3),
 ]
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
 _split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
+_split_ranges_fwd = triton.autotune(
+    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(ssa_attn_fwd_kernel)
+# How the split-K path walks the buffer keys: "flat" (one loop over the flattened key index) or
+# "ranges" (one loop per range, the form measured before it; kept for benchmarks/bench_kernels.py).
+KEY_LOOPS = ("flat", "ranges")
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -355,9 +409,11 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
     return block_m, max(1, splits)
 
 
-def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None):
+def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
+                       key_loop="flat"):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
-    contiguous. `num_splits` forces the split count (tests); None picks it from the sizes."""
+    contiguous. `num_splits` forces the split count (tests); None picks it from the sizes.
+    `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range."""
     hq, m, d = q.shape
     hkv, cap, _ = k_buf.shape
     group = hq // hkv
@@ -370,7 +426,11 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     if num_splits is not None:
         splits = int(num_splits)
         block_m = max(16, _pow2(n_rows)) if n_rows <= _DECODE_ROWS else 64
+    flat = block_m > 0 and key_loop == "flat"
     n_ranges = ranges.shape[0]
+    # At least 8 entries: the eager step's 1-6 occupied ranges and the graph step's six spans
+    # share one compiled kernel.
+    ranges_pad = max(8, _pow2(n_ranges))
     strides = (q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0),
                v_buf.stride(1), bias.stride(0), k_new.stride(0), k_new.stride(1), v_new.stride(0),
                v_new.stride(1), out.stride(0), out.stride(1), lse.stride(0))
@@ -384,20 +444,20 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
         launch = ssa_attn_fwd_kernel
     else:
         cfg = {} if block_m == 0 else {"BLOCK_M": block_m}
-        launch = _prefill_fwd if block_m == 0 else _split_fwd
+        launch = _prefill_fwd if block_m == 0 else _split_fwd if flat else _split_ranges_fwd
+    consts = dict(GROUP=group, HEAD_DIM=d, FLAT_KEYS=flat, RANGES_PAD=ranges_pad,
+                  INPUT_PRECISION=precision, **cfg)
     if splits == 1:
         dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
         launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
-                     float(scale), m, n_ranges, 1, *strides, GROUP=group, HEAD_DIM=d,
-                     SPLIT=False, INPUT_PRECISION=precision, **cfg)
+                     float(scale), m, n_ranges, 1, *strides, SPLIT=False, **consts)
         return out, lse
     o_part = alloc((splits, hq, m, d), torch.float32, dev)
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
-                 float(scale), m, n_ranges, splits, *strides, GROUP=group, HEAD_DIM=d,
-                 SPLIT=True, INPUT_PRECISION=precision, **cfg)
+                 float(scale), m, n_ranges, splits, *strides, SPLIT=True, **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
         HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16,
@@ -409,22 +469,30 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None):
+def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
+                   key_loop="flat"):
     """Triton tier attention (see `ssa_code.kernels.tier_attention` for the contract).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
+    `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
+    the split-K path's previous per-range loop (benchmark comparison).
     """
     from .tier_attention_ref import check_tier_attention_args
 
     check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    if key_loop not in KEY_LOOPS:
+        raise ValueError(f"key_loop {key_loop!r} is not one of {KEY_LOOPS}")
+    if num_splits is not None and int(num_splits) < 1:
+        raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     ranges = ranges.to(device=q.device, dtype=torch.int32).contiguous()
     if ranges.shape[0] == 0:
         # A zero-size tensor may have a null data pointer; the kernel reads none of it anyway.
         ranges = torch.zeros(1, 2, dtype=torch.int32, device=q.device)[:0]
     q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
     bias = _last_dim_contiguous(bias)
-    return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits)
+    return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits,
+                              key_loop)
 
 
 def tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):

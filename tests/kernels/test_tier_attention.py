@@ -243,3 +243,73 @@ def test_split_k_is_repeatable_and_graph_safe():
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(g_o, ref_o) and torch.equal(g_l, ref_l), f"{splits} splits: graph"
+
+
+# The flat key loop of the split-K path: split s takes flat keys [s * per, (s + 1) * per) of the
+# concatenated ranges (per a multiple of BLOCK_N, 32 under the interpreter) and maps each to its
+# slot through the ranges' prefix sums. (hq, hkv, m, cap, d, ranges, masked, num_splits).
+FLAT_CASES = {
+    # 200 keys, 3 splits of 96: the boundaries (96, 192) fall inside the second and third range,
+    # and tiles straddle every range boundary
+    "split_inside_range": (7, 1, 1, 260, 64, [[3, 53], [100, 170], [180, 260]], [], 3),
+    # 19 ranges of 1-3 slots (prefix sums in 32 registers): every tile crosses several ranges
+    "many_tiny_ranges": (7, 1, 1, 120, 64, [[6 * i, 6 * i + 1 + i % 3] for i in range(19)],
+                         [], 2),
+    # empty ranges before, between and after non-empty ones, and a fully masked range
+    "empty_between": (14, 2, 1, 150, 64, [[0, 0], [0, 10], [10, 10], [20, 20], [30, 75],
+                                          [80, 80], [90, 149], [149, 149]], [[30, 40]], 4),
+    # 5 keys over 8 splits: splits 1-7 are empty, the last one holds only the chunk's key
+    "fewer_keys_than_splits": (7, 1, 1, 40, 64, [[30, 33], [7, 9]], [], 8),
+    # a single buffer key, the range ending at the last slot
+    "one_key": (7, 1, 1, 18, 64, [[17, 18]], [], 3),
+    # a short chunk (3 queries, causal over its own keys) through the same loop
+    "m3_chunk": (7, 1, 3, 90, 64, [[0, 41], [50, 90]], [[60, 70]], 2),
+}
+
+
+@pytest.mark.parametrize("key_loop", ["flat", "ranges"])
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_split_k_key_loops_edge_cases(case, key_loop):
+    """Both split-K key loops at the flat mapping's edge cases, bf16, against the float64 gold
+    within the 2x-of-PyTorch rule; outputs and partials start as NaN, so a key lost or a split
+    never written fails."""
+    from ssa_code.kernels.tier_attention_triton import tier_attention
+
+    hq, hkv, m, cap, d, ranges, masked, splits = FLAT_CASES[case]
+    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, torch.bfloat16, on("small"),
+                              seed=zlib.crc32(case.encode()), masked=masked)
+    scale = 1.0 / math.sqrt(d)
+    q, kb, vb, bias, r, kn, vn = inputs
+    gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(), r,
+                                        kn.double(), vn.double(), scale,
+                                        compute_dtype=torch.float64, out_dtype=torch.float64)
+    pt_o, pt_l = tier_attention_ref(*inputs, scale, compute_dtype=torch.bfloat16)
+    for n in (splits, 1):
+        out, lse = tier_attention(*inputs, scale, num_splits=n, key_loop=key_loop)
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten (NaN) outputs"
+        assert_close_to_gold(f"{case} {key_loop} {n} splits out", out, gold_o, pt_o)
+        assert_close_to_gold(f"{case} {key_loop} {n} splits lse", lse, gold_l, pt_l)
+
+
+def test_key_loops_agree_to_rounding():
+    """The flat and per-range loops visit the same keys in the same order and tiles of the same
+    flat positions, so in float32 they agree to float32 rounding."""
+    from ssa_code.kernels.tier_attention_triton import tier_attention
+
+    inputs = make_tier_inputs(7, 1, 1, 300, 64, [[250, 299], [0, 17], [40, 140], [150, 150]],
+                              torch.float32, on("small"), seed=13, summaries=[45], masked=[[60, 75]])
+    for splits in (None, 3):
+        o_f, l_f = tier_attention(*inputs, 0.125, num_splits=splits, key_loop="flat")
+        o_r, l_r = tier_attention(*inputs, 0.125, num_splits=splits, key_loop="ranges")
+        assert (o_f - o_r).abs().max().item() < 1e-5, f"{splits} splits: out differs"
+        assert (l_f - l_r).abs().max().item() < 1e-5, f"{splits} splits: lse differs"
+
+
+@pytest.mark.parametrize("bad,match", [(dict(key_loop="tiles"), "key_loop"),
+                                       (dict(num_splits=0), "num_splits")])
+def test_invalid_split_options_raise_value_error(bad, match):
+    from ssa_code.kernels.tier_attention_triton import tier_attention
+
+    inputs = make_tier_inputs(4, 2, 1, 30, 64, [[0, 20]], torch.float32, on("small"), seed=1)
+    with pytest.raises(ValueError, match=match):
+        tier_attention(*inputs, 0.125, **bad)
