@@ -3,6 +3,7 @@
 
     python benchmarks/bench_kernels.py            # full run on a CUDA GPU (H100/H200, ~3 min)
     python benchmarks/bench_kernels.py --quick    # fewer sizes, shorter timing
+    python benchmarks/bench_kernels.py --only decode  # decode checks and timings only (~1-2 min)
     python benchmarks/bench_kernels.py --cpu-smoke  # tiny sizes on CPU, Triton interpreter
 
 First every kernel is checked against its PyTorch reference on the device at real sizes
@@ -11,7 +12,11 @@ First every kernel is checked against its PyTorch reference on the device at rea
   same number of dense keys (GQA expanded with repeat_interleave, as the anchors do); TFLOP/s
   per attended key, 4 * Hq * D * M * Nk / t with the causal part counted as half. Full run:
   chunks of 4K, 8K and 16K queries against 8K-64K attended keys (keys >= queries).
-- decode (M = 1) at 8K-128K slots: achieved bandwidth (K and V of all attended slots read
+- decode (M = 1) at 8K-128K slots, the buffer laid out like the real six-tier buffer (sinks,
+  pinned, heavy hitters, summaries, staging, window ring: six ranges in buffer order with the
+  unfilled part of each tier between them), for both loops of the split-K kernel over the
+  attended keys (`key_loop` "flat", used, and "ranges", the per-range loop it replaced):
+  achieved bandwidth (K and V of all attended slots read
   once, plus the bias), timed in a CUDA graph (do_bench_cudagraph) two ways: warm (the same
   inputs every call: below the L2 size they stay in L2, as in the first measurements) and cold
   (the graph cycles through enough copies of the inputs to exceed 3x the L2 size, as a model's
@@ -26,6 +31,7 @@ Prints a markdown table last and writes JSON to $OUT/bench_kernels.json (OUT def
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,6 +40,7 @@ import sys
 import time
 
 HQ, HKV, D = 28, 4, 128
+SECTIONS = ("prefill", "decode", "score", "mass")
 
 
 def parse_args(argv=None):
@@ -41,7 +48,17 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny sizes on CPU under TRITON_INTERPRET=1 (checks the script runs)")
-    return ap.parse_args(argv)
+    ap.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                    help=f"run only this section (repeatable; one of {', '.join(SECTIONS)}); "
+                         "correctness checks run first (only the decode ones for --only decode)")
+    ap.add_argument("--decode-slots", type=int, nargs="+", metavar="N",
+                    help="attended slots of the decode cases (default 8K, 12416 (the default "
+                         "SSAConfig's buffer), 16K, 32K, 64K, 128K; --quick: 8K, 128K)")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="decode: skip the forced split-count sweep")
+    args = ap.parse_args(argv)
+    args.only = tuple(x for x in SECTIONS if x in (args.only or SECTIONS))
+    return args
 
 
 ARGS = parse_args()
@@ -92,6 +109,47 @@ def timeit(fn, graph=False, rep=None):
 def sync():
     if not SMOKE:
         torch.cuda.synchronize()
+
+
+# Tier capacities of the default SSAConfig (sinks, pinned, heavy, summaries, staging = top_k *
+# block_size, ring = window + block_size): 12416 slots a layer.
+TIERS = (("sinks", 64), ("pinned", 4096), ("heavy", 1024), ("summaries", 1024), ("staging", 2048),
+         ("ring", 4160))
+KEY_LOOPS = ("flat", "ranges")
+
+
+def tier_layout(n_slots, seed):
+    """A decode step over a buffer laid out like the real one, scaled to n_slots attended keys:
+    six ranges in buffer order (the static graph step's six spans). Sinks are full; pinned,
+    heavy, summaries and staging are 90% full (their unfilled slots lie between the ranges);
+    the ring takes the rest, its last eighth still empty (bias -inf, attended anyway, as in the
+    graph step). Summaries carry log-n biases."""
+    g = torch.Generator().manual_seed(seed)
+    f = n_slots / sum(c for _, c in TIERS)
+    spans, pos, used = [], 0, 0
+    for name, c in TIERS[:-1]:
+        region = c if name == "sinks" else max(2, round(c * f))
+        n = region if name == "sinks" else round(region * 0.9)
+        spans.append((pos, pos + n))
+        pos += region
+        used += n
+    ring = n_slots - used
+    assert ring > 0, (n_slots, spans)
+    spans.append((pos, pos + ring))
+    cap = pos + ring
+    bias = torch.full((HKV, cap), float("-inf"))
+    for s, e in spans:
+        bias[:, s:e] = 0.0
+    s, e = spans[3]
+    bias[:, s:e] = torch.log(torch.randint(2, 256, (HKV, e - s), generator=g).float())
+    bias[:, cap - ring // 8:] = float("-inf")
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(DEV, DT)
+    q = rnd(HQ, 1, D)
+    k_buf, v_buf = rnd(HKV, cap, D), rnd(HKV, cap, D)
+    k_new, v_new = rnd(HKV, 1, D), rnd(HKV, 1, D)
+    r = torch.tensor(spans, dtype=torch.int32).to(DEV)
+    return q, k_buf, v_buf, bias.to(DEV), r, k_new, v_new
 
 
 def layout(n_buf, m, seed, masked=True):
@@ -145,8 +203,30 @@ def check(name, out, gold, pt):
           flush=True)
 
 
+def check_decode_loops():
+    """Both split-K key loops on the six-tier decode layout, planned and forced split counts."""
+    for n_slots in ([700] if SMOKE else [12416, 32768]):
+        inp = tier_layout(n_slots, seed=n_slots + 1)
+        scale = D ** -0.5
+        gold_o, gold_l = tier_attention_ref(*inp, scale, compute_dtype=torch.float32,
+                                            out_dtype=torch.float32)
+        pt_o, pt_l = tier_attention_ref(*inp, scale, compute_dtype=DT)
+        for key_loop in KEY_LOOPS:
+            for splits in (None, 7):
+                out, lse = TA.tier_attention(*inp, scale, num_splits=splits, key_loop=key_loop)
+                what = f"decode six tiers slots={n_slots} {key_loop} splits={splits or 'planned'}"
+                check(f"{what} out", out, gold_o, pt_o)
+                check(f"{what} lse", lse, gold_l, pt_l)
+
+
 def run_checks():
     os.environ["SSA_CODE_KERNELS_POISON"] = "1"
+    if "decode" in ARGS.only:
+        check_decode_loops()
+    if ARGS.only == ("decode",):
+        os.environ["SSA_CODE_KERNELS_POISON"] = "0"
+        sync()
+        return
     sizes = [(1, 700, 1), (70, 300, 2)] if SMOKE else \
         [(4096, 12000, 1), (1, 32768, 2), (1, 8192, 4), (63, 10000, 3)]
     for m, n_buf, seed in sizes:
@@ -254,16 +334,17 @@ def split_candidates(n_slots):
     return [c for c in cands if c <= n_slots // 64]
 
 
+def decode_call(key_loop, splits=None):
+    """fn(inputs) running one decode step with this key loop and split count (None: planned)."""
+    return lambda x: TA.tier_attention(*x, D ** -0.5, num_splits=splits, key_loop=key_loop)
+
+
 def bench_decode(n_slots, copy_gbps):
-    inp = layout(n_slots, 1, seed=n_slots, masked=False)
-    scale = D ** -0.5
+    """Both key loops at one size on the six-tier layout: one row each."""
+    inp = tier_layout(n_slots, seed=n_slots)
     nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
     reps = n_copies(nbytes)
     copies = [inp] + [tuple(t.clone() for t in inp) for _ in range(reps - 1)]
-    # What the model calls (plan_splits picks the split count).
-    ms_warm = timeit(lambda: K.tier_attention(*inp, scale), graph=True)
-    ms_cold = timeit(rotating(lambda x: K.tier_attention(*x, scale), copies), graph=True) / reps
-    ms_eager = timeit(lambda: K.tier_attention(*inp, scale))
     _, planned = TA.plan_splits(HQ // HKV, HKV, inp[1].shape[1], inp[0].device)
     # A copy moving the same bytes (nbytes / 2 read, nbytes / 2 written), warm and cold.
     src = [torch.empty(nbytes // 4, dtype=torch.int16, device=DEV) for _ in range(reps)]
@@ -271,36 +352,51 @@ def bench_decode(n_slots, copy_gbps):
     cp_warm = timeit(lambda: dst[0].copy_(src[0]), graph=True)
     cp_cold = timeit(rotating(lambda i: dst[i].copy_(src[i]), range(reps)), graph=True) / reps
     del src, dst
-    sweep = {}
-    for splits in split_candidates(n_slots):
-        sweep[splits] = timeit(rotating(
-            lambda x, s=splits: TA.tier_attention(*x, scale, num_splits=s), copies),
-            graph=True, rep=20) / reps
-    del copies
     # Dense SDPA decode over the same number of keys (GQA native), warm, for context.
     k = torch.randn(1, HKV, n_slots, D, device=DEV, dtype=DT)
     v = torch.randn_like(k)
     q = torch.randn(1, HQ, 1, D, device=DEV, dtype=DT)
     ms_sdpa = timeit(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), graph=True)
     del k, v
-    best = min(sweep, key=sweep.get) if sweep else planned
-    row = {"op": "decode", "slots": n_slots, "bytes": nbytes, "splits": planned,
-           "ms_graph": ms_warm, "ms_graph_cold": ms_cold, "ms_eager": ms_eager,
-           "GBps": nbytes / ms_warm / 1e6, "GBps_cold": nbytes / ms_cold / 1e6,
-           "copy_GBps": copy_gbps,
-           "copy_same_ms": cp_warm, "copy_same_ms_cold": cp_cold,
-           "copy_same_GBps": nbytes / cp_warm / 1e6, "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
-           "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
-           "sdpa_ms_graph": ms_sdpa, "sdpa_GBps": 2 * HKV * n_slots * D * 2 / ms_sdpa / 1e6}
-    row["frac_of_copy"] = row["GBps"] / copy_gbps
-    row["frac_of_copy_cold"] = row["GBps_cold"] / copy_gbps
-    row["frac_of_same_copy"] = row["GBps"] / row["copy_same_GBps"]
-    row["frac_of_same_copy_cold"] = row["GBps_cold"] / row["copy_same_GBps_cold"]
-    ROWS.append(row)
-    print(row, flush=True)
-    print(f"decode {n_slots} slots: planned {planned} splits {ms_cold * 1e3:.1f} us cold; sweep "
-          + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in sweep.items())
-          + f" us; best {best}", flush=True)
+    rows = {}
+    for key_loop in KEY_LOOPS:
+        # What the model calls for key_loop "flat" (plan_splits picks the split count).
+        call = decode_call(key_loop)
+        ms_warm = timeit(functools.partial(call, inp), graph=True)
+        ms_cold = timeit(rotating(call, copies), graph=True) / reps
+        ms_eager = timeit(functools.partial(call, inp))
+        sweep = {}
+        for splits in ([] if ARGS.no_sweep else split_candidates(n_slots)):
+            sweep[splits] = timeit(rotating(decode_call(key_loop, splits), copies),
+                                   graph=True, rep=20) / reps
+        best = min(sweep, key=sweep.get) if sweep else planned
+        row = {"op": "decode", "key_loop": key_loop, "slots": n_slots,
+               "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
+               "splits": planned, "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
+               "ms_eager": ms_eager, "GBps": nbytes / ms_warm / 1e6,
+               "GBps_cold": nbytes / ms_cold / 1e6, "copy_GBps": copy_gbps,
+               "copy_same_ms": cp_warm, "copy_same_ms_cold": cp_cold,
+               "copy_same_GBps": nbytes / cp_warm / 1e6,
+               "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
+               "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
+               "best_ms_cold": sweep.get(best, ms_cold),
+               "sdpa_ms_graph": ms_sdpa, "sdpa_GBps": 2 * HKV * n_slots * D * 2 / ms_sdpa / 1e6}
+        row["frac_of_copy"] = row["GBps"] / copy_gbps
+        row["frac_of_copy_cold"] = row["GBps_cold"] / copy_gbps
+        row["frac_of_same_copy"] = row["GBps"] / row["copy_same_GBps"]
+        row["frac_of_same_copy_cold"] = row["GBps_cold"] / row["copy_same_GBps_cold"]
+        ROWS.append(row)
+        rows[key_loop] = row
+        print(row, flush=True)
+        swept = ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in sweep.items())
+        print(f"decode {n_slots} slots {key_loop}: planned {planned} splits {ms_cold * 1e3:.1f} us "
+              f"cold; " + (f"sweep {swept} us; best {best}" if sweep else "no sweep"), flush=True)
+    del copies
+    f, r = rows["flat"], rows["ranges"]
+    print(f"decode {n_slots} slots, cold, planned {planned} splits: flat {f['ms_graph_cold'] * 1e3:.1f}"
+          f" us ({f['frac_of_copy_cold']:.2f} of copy) vs ranges {r['ms_graph_cold'] * 1e3:.1f} us "
+          f"({r['frac_of_copy_cold']:.2f}): {r['ms_graph_cold'] / f['ms_graph_cold']:.2f}x; warm "
+          f"flat {f['ms_graph'] * 1e3:.1f} vs ranges {r['ms_graph'] * 1e3:.1f} us", flush=True)
 
 
 def bench_score(m, n):
@@ -337,8 +433,8 @@ def table():
                          f"{r['ratio']:.2f} (target >= 0.8) |")
         elif r["op"] == "decode":
             lines.append(
-                f"| decode | M=1 slots={r['slots']} ({r['bytes'] / 1e6:.0f} MB), {r['splits']} "
-                f"splits | warm {r['ms_graph'] * 1e3:.1f} us, cold {r['ms_graph_cold'] * 1e3:.1f}"
+                f"| decode {r['key_loop']} | M=1 slots={r['slots']} ({r['bytes'] / 1e6:.0f} MB, "
+                f"{len(r['ranges'])} ranges), {r['splits']} splits | warm {r['ms_graph'] * 1e3:.1f} us, cold {r['ms_graph_cold'] * 1e3:.1f}"
                 f" us (eager {r['ms_eager'] * 1e3:.0f} us) | warm {r['GBps']:.0f}, cold "
                 f"{r['GBps_cold']:.0f} GB/s | copy {r['copy_GBps']:.0f} GB/s; same-size copy "
                 f"warm {r['copy_same_GBps']:.0f}, cold {r['copy_same_GBps_cold']:.0f} GB/s; "
@@ -366,7 +462,7 @@ def main():
     copy_gbps, copy_ms = copy_bandwidth()
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s", flush=True)
     if SMOKE:
-        prefill, decode, score, mass = [(64, 256)], [256], [(32, 256)], [(64, 300, 16)]
+        prefill, decode, score, mass = [(64, 256)], [700], [(32, 256)], [(64, 300, 16)]
     elif ARGS.quick:
         prefill = [(4096, 16384), (8192, 65536)]
         decode = [8192, 131072]
@@ -375,28 +471,33 @@ def main():
     else:
         prefill = [(4096, 8192), (4096, 16384), (4096, 32768), (4096, 65536), (8192, 16384),
                    (8192, 32768), (8192, 65536), (16384, 32768), (16384, 65536)]
-        decode = [8192, 16384, 32768, 65536, 131072]
+        decode = [8192, 12416, 16384, 32768, 65536, 131072]
         score = [(4096, 16384), (16384, 16384)]
         mass = [(4096, 12000, 64)]
-    for m, nk in prefill:
+    decode = ARGS.decode_slots or decode
+    for m, nk in (prefill if "prefill" in ARGS.only else []):
         bench_prefill(m, nk)
-    for n in decode:
+    for n in (decode if "decode" in ARGS.only else []):
         bench_decode(n, copy_gbps)
     dec = [r for r in ROWS if r["op"] == "decode"]
     if dec:
         print("best forced split count per decode size (cold): "
-              + ", ".join(f"{r['slots']}: {r['best_splits']} (planned {r['splits']})" for r in dec),
+              + ", ".join(f"{r['slots']} {r['key_loop']}: {r['best_splits']} "
+                          f"({r['best_ms_cold'] * 1e3:.1f} us; planned {r['splits']})" for r in dec),
               flush=True)
-        tuned = getattr(TA._split_fwd, "cache", {})
-        print(f"split-K autotune choices: {[(k, str(v)) for k, v in tuned.items()]}", flush=True)
-    for m, n in score:
+        for key_loop, tuner in (("flat", TA._split_fwd), ("ranges", TA._split_ranges_fwd)):
+            tuned = getattr(tuner, "cache", {})
+            print(f"split-K autotune choices, {key_loop}: {[(k, str(v)) for k, v in tuned.items()]}",
+                  flush=True)
+    for m, n in (score if "score" in ARGS.only else []):
         bench_score(m, n)
-    for m, nb, o in mass:
+    for m, nb, o in (mass if "mass" in ARGS.only else []):
         bench_mass(m, nb, o)
     out_dir = os.environ.get("OUT", "/tmp")
     os.makedirs(out_dir, exist_ok=True)
     result = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
-              "quick": ARGS.quick, "smoke": SMOKE, "copy_GBps": copy_gbps,
+              "quick": ARGS.quick, "smoke": SMOKE, "only": list(ARGS.only),
+              "copy_GBps": copy_gbps,
               "l2_bytes": l2_bytes(), "checks": CHECKS,
               "rows": ROWS, "seconds": time.time() - t0}
     with open(os.path.join(out_dir, "bench_kernels.json"), "w") as f:
