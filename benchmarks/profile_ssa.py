@@ -1,8 +1,9 @@
 """Where SSA prefill and decode spend their time on the GPU (a profiling aid, not a benchmark).
 
 Qwen2.5-7B widths with fewer layers; prefills past the window so every tier is busy, then
-times each phase of SSALayer.attend with device synchronisation, and prints torch.profiler's
-top kernels and CPU ops.   python benchmarks/profile_ssa.py [--layers 4] [--tokens 65536]
+times prefill chunks and Decoder steps (by kind: graph, eager) as they run, then each phase of
+the SSA step with device synchronisation, and prints torch.profiler's top kernels and CPU ops
+of two prefill chunks.   python benchmarks/profile_ssa.py [--layers 4] [--tokens 65536]
 """
 
 from __future__ import annotations
@@ -14,26 +15,35 @@ import time
 import torch
 
 from ssa_code import SSACache, SSAConfig, patch
-from ssa_code.attention import layer_state
+from ssa_code.attention import consolidation, layer_state, staging, store
 from ssa_code.bench.long_context import build_model, qwen25_7b_config
+from ssa_code.engine.decode import Decoder
 from ssa_code.engine.prefill import forward_chunk
 
-PHASES = ("_rebase", "_stage", "_place", "_commit", "_evict", "_update_heavy", "_write_summaries")
+PHASES = (
+    (layer_state.SSALayer, ("_rebase", "_stage_chunk", "_observe", "_commit", "_evict", "_update_heavy",
+                            "_write_summaries", "_rotate_index", "_remask_staging")),
+    (staging.Stager, ("prepare", "place", "install")),
+    (store.HostStore, ("append", "read_into")),
+    (consolidation.Consolidated, ("add",)),
+)
 
 
 def instrument(totals: dict) -> None:
-    for name in PHASES:
-        fn = getattr(layer_state.SSALayer, name)
+    """Time each phase with a device synchronisation on both sides (nested phases count in both)."""
+    for owner, names in PHASES:
+        for name in names:
+            fn = getattr(owner, name)
 
-        def timed(self, *a, __fn=fn, __name=name, **k):
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            r = __fn(self, *a, **k)
-            torch.cuda.synchronize()
-            totals[__name] += time.perf_counter() - t
-            return r
+            def timed(*a, __fn=fn, __name=f"{owner.__name__}.{name}", **k):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                r = __fn(*a, **k)
+                torch.cuda.synchronize()
+                totals[__name] += time.perf_counter() - t
+                return r
 
-        setattr(layer_state.SSALayer, name, timed)
+            setattr(owner, name, timed)
     import ssa_code.kernels as K
 
     for name in ("tier_attention", "tier_attention_mass", "score_blocks"):
@@ -48,6 +58,21 @@ def instrument(totals: dict) -> None:
             return r
 
         setattr(K, name, timed_k)
+
+
+def decode_steps(model, cache, n: int) -> dict[str, list[float]]:
+    """Wall time of ``n`` decode tokens through the Decoder (CUDA graphs), grouped by step kind."""
+    decoder = Decoder(model, cache)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    token = 11
+    for _ in range(n):
+        before = dict(decoder.steps)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        logits = decoder(token)
+        token = int(logits.argmax()) % 1000
+        times[next(k for k in decoder.steps if decoder.steps[k] != before[k])].append(time.perf_counter() - t)
+    return times
 
 
 def main() -> None:
@@ -71,11 +96,20 @@ def main() -> None:
             pos += args.chunk
         torch.cuda.synchronize()
         print(f"warm-up prefill {args.tokens} tokens, {args.layers} layers: {time.perf_counter() - t:.2f} s")
-        # Compile the decode kernels before timing them.
-        warm = torch.randint(0, 1000, (1, 1), device="cuda")
-        for _ in range(16):
-            forward_chunk(model, cache, warm, pos)
-            pos += 1
+        t = time.perf_counter()
+        for _ in range(args.profile_chunks):
+            forward_chunk(model, cache, torch.randint(0, 1000, (1, args.chunk), device="cuda"), pos, logits=False)
+            pos += args.chunk
+        torch.cuda.synchronize()
+        print(f"prefill (no instrumentation): {(time.perf_counter() - t) / args.profile_chunks * 1e3:.1f} ms "
+              f"per chunk of {args.chunk}")
+        times = decode_steps(model, cache, args.decode)
+        pos = cache.get_seq_length()
+        every = [x for v in times.values() for x in v]
+        print(f"decode (Decoder, CUDA graphs): mean {sum(every) / len(every) * 1e3:.2f} ms over {len(every)} tokens")
+        for kind, v in times.items():
+            v = sorted(v)
+            print(f"  {kind:8s} {len(v):4d} steps  median {v[len(v) // 2] * 1e3:8.2f} ms  max {v[-1] * 1e3:8.2f} ms")
         totals: dict = collections.defaultdict(float)
         instrument(totals)
         t = time.perf_counter()
@@ -86,26 +120,13 @@ def main() -> None:
         wall = time.perf_counter() - t
         print(f"instrumented prefill: {wall / args.profile_chunks * 1e3:.1f} ms per chunk of {args.chunk}")
         for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
-            print(f"  {k:22s} {v / args.profile_chunks * 1e3:8.2f} ms/chunk")
-        totals.clear()
-        tok = torch.randint(0, 1000, (1, 1), device="cuda")
-        t = time.perf_counter()
-        for _ in range(args.decode):
-            forward_chunk(model, cache, tok, pos)
-            pos += 1
-        torch.cuda.synchronize()
-        print(f"instrumented decode: {(time.perf_counter() - t) / args.decode * 1e3:.2f} ms per token")
-        for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
-            print(f"  {k:22s} {v / args.decode * 1e3:8.3f} ms/token")
+            print(f"  {k:28s} {v / args.profile_chunks * 1e3:8.2f} ms/chunk")
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(2):
                 forward_chunk(model, cache, torch.randint(0, 1000, (1, args.chunk), device="cuda"), pos, logits=False)
                 pos += args.chunk
-            for _ in range(8):
-                forward_chunk(model, cache, tok, pos)
-                pos += 1
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))

@@ -120,7 +120,8 @@ class SSACache(Cache):
         return bool(self.layers) and all(layer.static_step_ok() for layer in self.layers)
 
     def set_static_step(self) -> None:
-        """Point the device scalars at the next token's window slot and position (no sync)."""
+        """Point the device scalars at the next token's window slot and position (no sync), and
+        get every layer ready for a static step (:meth:`SSALayer.refresh_static_ranges`)."""
         layer = self.layers[0]
         if self.static_slot is None or self.static_slot.device != layer.device:
             self.static_slot = torch.zeros(1, dtype=torch.int64, device=layer.device)
@@ -132,7 +133,8 @@ class SSACache(Cache):
             each.refresh_static_ranges()
 
     def advance_static(self) -> None:
-        """Move every layer's host counters past the token a static step wrote."""
+        """Move every layer's host counters past the token a static step wrote, and run the
+        host side of the staging pipeline (:meth:`SSALayer.advance_static`)."""
         for layer in self.layers:
             layer.advance_static()
 
@@ -176,6 +178,9 @@ class SSACache(Cache):
 
     def source_mass(self) -> torch.Tensor:
         """``[ceil(T / block_size)]`` float32 (CPU): attention mass per position block since tracking began."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.flush_sources()
         n = (self.get_seq_length() + self.ssa_config.block_size - 1) // self.ssa_config.block_size
         out = torch.zeros(n, dtype=torch.float32)
         if self._source_mass is not None:

@@ -16,10 +16,12 @@ Layout of the tier buffer (slots, per KV head; sizes from :class:`SSAConfig`)::
 A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
 
 1. re-rotate far keys if the chunk moved their effective positions (``positions.py``);
-2. score the index and stage the chosen blocks from the store (``scoring.py``, ``store.py``);
+2. score the index and stage the chosen blocks from the store (``scoring.py``, ``staging.py``,
+   ``store.py``); a decode step only installs the blocks chosen two tokens earlier;
 3. attend over the occupied ranges of the buffer plus the chunk itself, causally
    (``ssa_code.kernels.tier_attention``);
-4. accumulate the observation window's attention mass (heavy hitters, citations);
+4. accumulate the observation window's attention mass (heavy hitters, citations), and in
+   decode score the index for the next selection;
 5. commit the chunk to the window; whole blocks that fall out of it go to the store, the
    index, the summaries, the pinned tier or the heavy hitters (``consolidation.py``,
    ``anchors.py``).
@@ -37,7 +39,8 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import select_blocks
+from ssa_code.attention.scoring import top_entries
+from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store
 
 if TYPE_CHECKING:
@@ -102,6 +105,13 @@ class SSALayer(CacheLayerMixin):
         self.frontier = cfg.sinks  # first position still in the window (block grid starts at sinks)
         self.floor = 0  # far keys are shown at positions >= floor (0: true positions)
         self.staged_ids = torch.full((h, cfg.top_k if cfg.staging else 0), -1, dtype=torch.int64)
+        retrieves = bool(cfg.staging and self.index.capacity)
+        self.stager = Stager(self) if retrieves else None
+        # Decode's entry scores land here (fixed shape: a CUDA graph writes them).
+        self._entries = torch.zeros(3, h, min(cfg.top_k, self.index.capacity) if retrieves else 0,
+                                    dtype=torch.int64, device=device)
+        # Attention mass per slot not yet added to the cache's source mass (static steps).
+        self._src_acc: torch.Tensor | None = None
         self.restage = False
         self.decode_steps = 0
         self._ranges_key: tuple[int, ...] | None = None
@@ -116,7 +126,9 @@ class SSALayer(CacheLayerMixin):
         tensors = [self.k, self.v, self.k_raw, self.pos, self.eff, self.bias, self.mass, self.index_rot,
                    self.summaries.key, self.summaries.value, self.summaries.count, self.summaries.lo,
                    self.summaries.hi, self.summaries.pos, self.index.key, self.index.value, self.index.count,
-                   self.index.lo, self.index.hi, self.index.pos]
+                   self.index.lo, self.index.hi, self.index.pos, self._entries]
+        if self.stager is not None:
+            tensors += self.stager.device_tensors()
         return [t for t in tensors if t is not None]
 
     # -- saving and restoring ---------------------------------------------------------------
@@ -166,6 +178,8 @@ class SSALayer(CacheLayerMixin):
             self.staged_ids = store_parts.pop("staged_ids").clone()
         if store_parts.get("k") is not None and store_parts["k"].shape[1]:
             self.store.append(store_parts["k"], store_parts["v"])
+        if self.stager is not None:
+            self.stager.sync_from_layer()
         self._ranges_key = None
         self._static_key = None
 
@@ -224,7 +238,7 @@ class SSALayer(CacheLayerMixin):
             q: ``[Hq, M, D]`` queries rotated at positions ``seen .. seen + M - 1``.
         Returns ``[Hq, M, D]``. The state is inference-only: nothing here records autograd history.
         """
-        from ssa_code.kernels import tier_attention, tier_attention_mass
+        from ssa_code.kernels import tier_attention
 
         assert self.pending is not None
         if self.cache.static_mode:
@@ -234,48 +248,63 @@ class SSALayer(CacheLayerMixin):
         m = q.shape[1]
         p0 = self.seen
         decode = m == 1
-        self.decode_steps = self.decode_steps + 1 if decode else 0
-        # Decode re-scores, re-stages and observes attention mass (heavy hitters, and sources
-        # when tracked) once per `decode_refresh` tokens (and whenever the index or heavy tier
-        # changed); prefill does it every chunk.
-        refresh = not decode or self.decode_steps % self.cfg.decode_refresh == 0
+        self.flush_sources()
+        if decode:
+            self.decode_steps += 1
+            self.install_selection()
+            self.prepare_selection()
+        else:
+            self.decode_steps = 0
         self._rebase(p0, m)
-        self._stage(q, scale, refresh)
+        if not decode:
+            self._stage_chunk(q, scale)
         ranges = self._occupied_ranges()
         out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
-        if refresh:
-            obs = min(m, self.cfg.observe)
-            mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
-                                                     lse[:, m - obs:], scale, m - obs, self.cfg.kernels)
-            decay = 0.5 ** (m / self.cfg.heavy_half_life)
-            self.mass.mul_(decay).add_(mass_buf)
-            if self.cache.track_sources:
-                self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
-        else:
-            mass_new = torch.zeros(self.heads, m, dtype=torch.float32, device=self.device)
+        mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
+        if self.cache.track_sources:
+            self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        frontier = self.frontier
         self._commit(k_new, v_new, mass_new, p0)
+        if decode and self.frontier != frontier:
+            # This step evicted (once per block_size tokens): the new index entries take part
+            # from the next token on, as they do in prefill, at the cost of one host round trip.
+            self._stage_chunk(q, scale)
+        elif decode and self._selects():
+            self.stager.stash(self._decode_entries(q, scale))
+            self.restage = False
         return out
+
+    def _observe(self, q: torch.Tensor, lse: torch.Tensor, ranges: torch.Tensor, k_new: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the observation window's attention mass to every slot (decayed H2O scores).
+
+        Returns ``mass_buf [H, CAP]`` and ``mass_new [H, M]`` (zero before the window's queries).
+        """
+        from ssa_code.kernels import tier_attention_mass
+
+        m = q.shape[1]
+        obs = min(m, self.cfg.observe)
+        mass_buf, mass_new = tier_attention_mass(q[:, m - obs:], self.k, self.bias, ranges, k_new,
+                                                 lse[:, m - obs:], scale, m - obs, self.cfg.kernels)
+        self.mass.mul_(0.5 ** (m / self.cfg.heavy_half_life)).add_(mass_buf)
+        return mass_buf, mass_new
 
     # -- the static decode step (CUDA graphs) ------------------------------------------------
 
     def static_step_ok(self) -> bool:
         """Whether the next decode token needs none of the host-side work of :meth:`attend`.
 
-        Such a "plain" step only attends and writes the token into its window slot: no
-        re-scoring or staging (``decode_refresh``), no re-rotation (``rebase_every``), no
-        eviction (the frontier stays) and no mass observation. Its work is then the same
+        Such a "plain" step attends, observes attention mass, scores the index into a fixed
+        buffer and writes the token into its window slot: no re-rotation (``rebase_every``)
+        and no eviction (the frontier stays). Staging happens between steps
+        (:meth:`install_selection`, :meth:`prepare_selection`). Its work is then the same
         device operations every time, with the window slot and position read from device
         scalars (:meth:`SSACache.set_static_step`), so one CUDA graph can replay it.
         """
         if not self.is_initialized:
             return False
-        cfg = self.cfg
         p0 = self.seen
-        if p0 < cfg.sinks or (self.decode_steps + 1) % cfg.decode_refresh == 0:
-            return False
-        if cfg.staging and self.index.n and self.restage:
-            return False
-        if self._floor_for(p0, 1) != self.floor:
+        if p0 < self.cfg.sinks or self._floor_for(p0, 1) != self.floor:
             return False
         return self._frontier_for(p0 + 1) <= self.frontier
 
@@ -293,32 +322,77 @@ class SSALayer(CacheLayerMixin):
 
         k_new, v_new = self.pending
         self.pending = None
-        out, _ = tier_attention(q, self.k, self.v, self.bias, self._static_ranges, k_new, v_new, scale,
-                                self.cfg.kernels)
+        ranges = self._static_ranges
+        out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
+        mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
+        if self.stager is not None:
+            self._entries.copy_(self._decode_entries(q, scale))
         slot, pos = self.cache.static_slot, self.cache.static_pos
+        if self._src_acc is not None:
+            self._src_acc.add_(mass_buf).index_add_(1, slot, mass_new)
         self.k.index_copy_(1, slot, k_new)
         self.v.index_copy_(1, slot, v_new)
         self.pos.index_copy_(1, slot, pos.expand(self.heads, 1))
         self.bias.index_fill_(1, slot, 0.0)
-        self.mass.index_fill_(1, slot, 0.0)
+        self.mass.index_copy_(1, slot, mass_new)
         return out
 
     def refresh_static_ranges(self) -> None:
-        """Write the tiers' current spans (six, empty ones included) into the static ranges.
+        """Before a static step: the tiers' spans (six, empty ones included) into the static
+        ranges, staged blocks installed and the source accumulator ready.
 
         Eager steps change the tier counts (summaries fill, heavy hitters arrive); the copy
-        happens only when they did, before a plain step runs.
+        happens only when they did.
         """
         spans = self._spans(self.cfg.ring)
         key = tuple(e for _, e in spans)
         if key != self._static_key:
             self._static_ranges.copy_(torch.tensor(spans, dtype=torch.int32))
             self._static_key = key
+        self.flush_sources()
+        if self.cache.track_sources and self._src_acc is None:
+            self._src_acc = torch.zeros(self.heads, self.CAP, dtype=torch.float32, device=self.device)
+        elif not self.cache.track_sources:
+            self._src_acc = None
+        self.install_selection()
 
     def advance_static(self) -> None:
         """Host bookkeeping of one plain decode step run by :meth:`_attend_static` (or its graph)."""
+        self.prepare_selection()
         self.decode_steps += 1
         self.seen += 1
+        if self._selects():
+            self.stager.stash(self._entries)
+            self.restage = False
+
+    # -- decode's selection pipeline (staging.py) ----------------------------------------------
+
+    def _selects(self) -> bool:
+        """Whether this decode step's scores become a selection: once per ``decode_refresh``
+        tokens, and at the first token after the index changed."""
+        return (self.stager is not None and self.index.n > 0
+                and (self.decode_steps % self.cfg.decode_refresh == 0 or self.restage))
+
+    def install_selection(self) -> None:
+        """Write the blocks prepared at the previous step into the staging tier."""
+        if self.stager is not None:
+            self.flush_sources()
+            self.stager.install()
+
+    def prepare_selection(self) -> None:
+        """Bring the blocks selected at the previous step from the store (host work, no wait)."""
+        if self.stager is not None:
+            self.stager.prepare()
+
+    def flush_sources(self) -> None:
+        """Add the mass static steps accumulated per slot to the cache's source mass (per
+        position), before the slots' contents change."""
+        if self._src_acc is not None:
+            # Also called from outside the decoder's inference mode (SSACache.source_mass).
+            with torch.inference_mode():
+                self.cache.add_source_mass(self.pos, self._src_acc, self.seen,
+                                           self._src_acc.new_zeros(self.heads, 0))
+                self._src_acc.zero_()
 
     # -- 1. positions -----------------------------------------------------------------------
 
@@ -385,63 +459,27 @@ class SSALayer(CacheLayerMixin):
 
     # -- 2. relevance scoring and staging ---------------------------------------------------
 
-    def _stage(self, q: torch.Tensor, scale: float, refresh: bool) -> None:
-        cfg = self.cfg
-        n_idx = self.index.n
-        if cfg.staging == 0 or n_idx == 0 or not (refresh or self.restage):
-            return
-        self.restage = False
+    def _scores(self, q: torch.Tensor, scale: float, n_valid: int) -> torch.Tensor:
+        """``[H, N]`` upper bounds of ``q . k`` over each index entry's box (``-inf`` from ``n_valid``)."""
         from ssa_code.kernels import score_blocks
 
-        # Upper bound of q . k over each entry's box: positive query parts meet the upper
-        # bounds, negative parts the lower bounds.
+        # Positive query parts meet the upper bounds, negative parts the lower bounds.
         q2 = torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
-        scores = score_blocks(q2, self.index_rot, n_idx, scale, self.cfg.kernels)
-        ids = select_blocks(scores, self.index.lo, self.index.hi, n_idx, cfg.top_k, cfg.threshold)
-        self._place(ids)
+        return score_blocks(q2, self.index_rot, n_valid, scale, self.cfg.kernels)
 
-    def _place(self, ids: torch.Tensor) -> None:
-        """Make the staging tier hold blocks ``ids [H, K]`` (CPU, ``-1`` = none).
-
-        Blocks already staged stay in their slots; only missing ones are fetched from the
-        store, into slots whose block is no longer wanted (decode re-selects mostly the same).
-        """
-        old = self.staged_ids
-        h, b = self.heads, self.cfg.block_size
-        # Per-head membership in one isin call: offset each head's ids apart.
-        offs = torch.arange(h)[:, None] << 40
-        kept = (old >= 0) & torch.isin(old + offs, ids + offs)
-        needed = (ids >= 0) & ~torch.isin(ids + offs, old + offs)
-        if bool(kept[old >= 0].all()) and not bool(needed.any()):
+    def _stage_chunk(self, q: torch.Tensor, scale: float) -> None:
+        """Prefill: the chunk attends to the blocks its own queries choose (one host round trip)."""
+        if self.stager is None or self.index.n == 0:
             return
-        new = torch.where(kept, old, -1)
-        heads, slots, blocks = [], [], []
-        for head in range(h):
-            want = ids[head][needed[head]]
-            free = (~kept[head]).nonzero().squeeze(1)[: want.numel()]
-            new[head, free] = want
-            heads.append(torch.full_like(want, head))
-            slots.append(free)
-            blocks.append(want)
-        heads_t, slots_t, blocks_t = torch.cat(heads), torch.cat(slots), torch.cat(blocks)
-        dev = self.device
-        # Slots that now hold nothing: empty them.
-        emptied = (old >= 0) & (new < 0)
-        if bool(emptied.any()):
-            eh, es = emptied.nonzero(as_tuple=True)
-            tok = (self.STAGE + es[:, None] * b + torch.arange(b)).reshape(-1)
-            self.pos[eh.repeat_interleave(b).to(dev), tok.to(dev)] = -1
-        if blocks_t.numel():
-            k_blk, v_blk = self.store.fetch(heads_t, blocks_t, dev)  # [n, B, D]
-            ar = torch.arange(b, device=dev)
-            hh = heads_t.to(dev).repeat_interleave(b)
-            ss = (self.STAGE + slots_t.to(dev)[:, None] * b + ar).reshape(-1)
-            pos = (self.cfg.sinks + blocks_t.to(dev)[:, None] * b + ar).reshape(-1)
-            self._write_slots((hh, ss), k_blk.reshape(-1, k_blk.shape[-1]), v_blk.reshape(-1, v_blk.shape[-1]),
-                              pos, 0.0)
-        self.staged_ids = new
-        self.n_stage = self.cfg.staging
-        self._remask_staging()
+        self.restage = False
+        scores = self._scores(q, scale, self.index.n)
+        self.stager.run_now(top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold))
+
+    def _decode_entries(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """Decode's choice ``[3, H, k]`` (fixed shapes, no host value: a CUDA graph can hold it)."""
+        scores = self._scores(q, scale, self.index.capacity)
+        scores = scores.masked_fill(self.index.count[None, :] <= 0, NEG_INF)
+        return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)
 
     def _remask_staging(self) -> None:
         """Staged tokens also held by the pinned or heavy tier, or empty slots, get bias -inf;

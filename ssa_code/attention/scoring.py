@@ -8,52 +8,80 @@ et al. 2024). Entries whose softmax share is at least ``threshold`` take part, b
 first, until ``top_k`` blocks are chosen. The threshold is a parameter today and can be
 learned later.
 
+Selection is split in two so that decode never waits for it (see ``staging.py``):
+:func:`top_entries` runs on the device with fixed shapes (a CUDA graph can hold it), and
+:func:`expand_entries` turns the chosen entries into block ids on the host, where the store
+that holds the blocks lives.
+
 The scores come from ``ssa_code.kernels.score_blocks`` (Triton on CUDA, PyTorch elsewhere).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def top_entries(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, top_k: int,
+                threshold: float) -> torch.Tensor:
+    """The best ``top_k`` entries per head, on the scores' device, without synchronising.
+
+    Args:
+        scores: ``[H, N]`` float32 entry scores; ``-inf`` marks entries that do not exist.
+        lo, hi: ``[N]`` the half-open block-id span of each entry.
+        top_k: blocks to choose per head.
+        threshold: minimum softmax share of an entry (0 keeps the best ``top_k``).
+
+    Returns ``[3, H, k]`` int64 with ``k = min(top_k, N)``: first block, block count and a
+    0/1 flag per entry, best first. An entry is flagged when it exists, passes the
+    threshold and fits, greedily in score order, with the entries before it into ``top_k``.
+    """
+    s = scores.float()
+    # Every entry holds at least one block, so the best top_k entries are all that can be taken.
+    k = min(top_k, s.shape[-1])
+    best, top_i = torch.topk(s, k, dim=-1)
+    share = torch.softmax(s, dim=-1).gather(1, top_i)
+    lo_d, hi_d = lo.to(s.device), hi.to(s.device)
+    sizes = (hi_d - lo_d)[top_i]
+    # A head whose entries are all -inf has NaN shares; the finiteness test drops them.
+    keep = torch.isfinite(best) & (share >= threshold) & (sizes <= top_k)
+    keep &= torch.cumsum(sizes * keep, dim=-1) <= top_k
+    return torch.stack([lo_d[top_i], sizes, keep.long()])
+
+
+def expand_entries(entries: np.ndarray, top_k: int) -> np.ndarray:
+    """``[3, H, k]`` entries from :func:`top_entries` (on the host) -> ``[H, top_k]`` block ids.
+
+    Block ids follow the entries' order (best first), an entry contributing all its blocks;
+    the rest is padded with ``-1``.
+    """
+    starts, sizes, keep = entries
+    heads, k = starts.shape
+    out = np.full((heads, top_k), -1, dtype=np.int64)
+    keep = keep.astype(bool)
+    if (sizes[keep] == 1).all():
+        out[:, :k] = np.where(keep, starts, -1)
+        return out
+    for h in range(heads):
+        ids = [b for first, c in zip(starts[h][keep[h]], sizes[h][keep[h]]) for b in range(first, first + c)]
+        out[h, : len(ids)] = ids[:top_k]
+    return out
 
 
 def select_blocks(
     scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n_valid: int, top_k: int, threshold: float
 ) -> torch.Tensor:
-    """Choose up to ``top_k`` block ids per head.
+    """Choose up to ``top_k`` block ids per head (:func:`top_entries`, then :func:`expand_entries`).
 
     Args:
         scores: ``[H, N]`` float32 entry scores (entries ``>= n_valid`` are ignored).
         lo, hi: ``[N]`` the half-open block-id span of each entry.
         n_valid: number of valid entries.
-        top_k: blocks to choose per head.
-        threshold: minimum softmax share of an entry (0 keeps the best ``top_k``).
 
-    Returns ``[H, top_k]`` int64 block ids, best entry first, padded with ``-1``. An entry
-    that covers several blocks contributes all of them, or is skipped if they do not fit.
+    Returns ``[H, top_k]`` int64 block ids on the CPU, best entry first, padded with ``-1``.
     """
     heads = scores.shape[0]
-    out = torch.full((heads, top_k), -1, dtype=torch.int64)
     if n_valid == 0 or top_k == 0:
-        return out
-    s = scores[:, :n_valid].float()
-    share = torch.softmax(s, dim=-1)
-    # Every entry holds at least one block, so the best top_k entries are all that can be taken.
-    k = min(top_k, n_valid)
-    top_i = torch.topk(s, k, dim=-1).indices  # best first
-    lo_d, hi_d = lo[:n_valid].to(s.device), hi[:n_valid].to(s.device)
-    sizes = (hi_d - lo_d)[top_i]
-    keep = (share.gather(1, top_i) >= threshold) & (sizes <= top_k)
-    # Greedy in score order: an entry is taken if the blocks before it plus its own fit.
-    keep &= torch.cumsum(sizes * keep, dim=-1) <= top_k
-    starts = lo_d[top_i]
-    # One small transfer to the host (block ids address the host store).
-    starts, sizes, keep = torch.stack([starts, sizes, keep.long()]).cpu().unbind(0)
-    keep = keep.bool()
-    if bool((sizes == 1).all()):
-        out[:, :k] = torch.where(keep, starts, -1)
-        return out
-    for h in range(heads):
-        firsts, counts = starts[h][keep[h]].tolist(), sizes[h][keep[h]].tolist()
-        ids = [b for first, c in zip(firsts, counts) for b in range(first, first + c)][:top_k]
-        out[h, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
-    return out
+        return torch.full((heads, top_k), -1, dtype=torch.int64)
+    entries = top_entries(scores[:, :n_valid], lo[:n_valid], hi[:n_valid], top_k, threshold)
+    return torch.from_numpy(expand_entries(entries.cpu().numpy(), top_k))

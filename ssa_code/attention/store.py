@@ -55,8 +55,10 @@ class BlockStore:
         """Append ``n`` blocks: ``k, v [H, n, B, D]`` (any device)."""
         raise NotImplementedError
 
-    def fetch(self, heads: torch.Tensor, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block ``ids[i]`` of head ``heads[i]`` (CPU int64 ``[n]``) -> ``k, v [n, B, D]`` on ``device``."""
+    def read_into(self, heads: np.ndarray, ids: np.ndarray, k_out: torch.Tensor, v_out: torch.Tensor,
+                  rows: np.ndarray) -> None:
+        """Copy block ``ids[i]`` of head ``heads[i]`` into row ``rows[i]`` of ``k_out, v_out``
+        (CPU tensors ``[R, B, D]``, page-locked when they feed a GPU; int64 arrays ``[n]``)."""
         raise NotImplementedError
 
     def nbytes(self) -> int:
@@ -74,7 +76,7 @@ class NoStore(BlockStore):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.num_blocks += k.shape[1]
 
-    def fetch(self, heads: torch.Tensor, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_into(self, heads, ids, k_out, v_out, rows) -> None:
         raise RuntimeError("store='none' keeps no blocks to fetch")
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -155,27 +157,23 @@ class _PagedStore(BlockStore):
             pending, self._pending = self._pending, None
             pending.result()
 
-    def fetch(self, heads: torch.Tensor, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block ``ids[i]`` of head ``heads[i]`` (CPU int64 ``[n]``) -> ``k, v [n, B, D]`` on ``device``."""
+    def read_into(self, heads: np.ndarray, ids: np.ndarray, k_out: torch.Tensor, v_out: torch.Tensor,
+                  rows: np.ndarray) -> None:
         self._flush()
-        n = ids.numel()
-        if n and (int(ids.max()) >= self.num_blocks or int(ids.min()) < 0):
+        n = ids.size
+        if n == 0:
+            return
+        if int(ids.max()) >= self.num_blocks or int(ids.min()) < 0:
             raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
         # Row (slot * H + head) of a page viewed as [PAGE_BLOCKS * H, B, D] is block `slot` of `head`.
-        pages, rows = (ids // PAGE_BLOCKS).tolist(), ((ids % PAGE_BLOCKS) * self.heads + heads).tolist()
-        shape = (n, self.block, self.dim)
-        pin = device.type == "cuda"
-        k_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
-        v_out = torch.empty(shape, dtype=self.dtype, pin_memory=pin)
-        if n:
-            # One numpy row copy per block (a memcpy of block * dim elements): CPU index_select
-            # on bfloat16 was 60x slower, and stacking torch row views paid ~5 us per view.
-            k_rows, v_rows = self._page_rows()
-            ko, vo = _rows(k_out), _rows(v_out)
-            for i, (p, r) in enumerate(zip(pages, rows)):
-                ko[i] = k_rows[p][r]
-                vo[i] = v_rows[p][r]
-        return k_out.to(device, non_blocking=True), v_out.to(device, non_blocking=True)
+        pages, src = (ids // PAGE_BLOCKS).tolist(), ((ids % PAGE_BLOCKS) * self.heads + heads).tolist()
+        # One numpy row copy per block (a memcpy of block * dim elements): CPU index_select on
+        # bfloat16 was 60x slower, and stacking torch row views paid ~5 us per view.
+        k_rows, v_rows = self._page_rows()
+        ko, vo = _rows(k_out), _rows(v_out)
+        for dst, p, r in zip(rows.tolist(), pages, src):
+            ko[dst] = k_rows[p][r]
+            vo[dst] = v_rows[p][r]
 
     def _page_rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Numpy views ``[PAGE_BLOCKS * H, B * D]`` of the pages, made once per page."""

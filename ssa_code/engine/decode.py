@@ -2,12 +2,14 @@
 
 Eager decode of a 7B model pays far more in Python and kernel launches than in memory
 traffic: every layer runs dozens of small operations per token. Most SSA decode steps are
-*plain* (:meth:`SSALayer.static_step_ok`): no re-scoring, staging, re-rotation, eviction or
-mass observation, only attention over the fixed tier buffer and one write into the window
-ring, with the slot and position read from device scalars. The whole model forward of such a
-step is the same device work every time, so :class:`Decoder` captures it once in a CUDA graph
-and replays it; the other steps (one in ``decode_refresh``, and those that evict or re-rotate)
-run eagerly. On CPU, or for a cache that is not an :class:`SSACache`, every step is eager.
+*plain* (:meth:`SSALayer.static_step_ok`): no re-rotation or eviction, only attention over the
+fixed tier buffer, the attention mass it observes, the index scores of the next selection and
+one write into the window ring, with the slot and position read from device scalars. The whole
+model forward of such a step is the same device work every time, so :class:`Decoder` captures
+it once in a CUDA graph and replays it; between replays the host moves selections through the
+staging pipeline (``ssa_code/attention/staging.py``) while the GPU runs. The steps that evict
+(one per ``block_size`` tokens) or re-rotate (one per ``rebase_every``) run eagerly. On CPU, or
+for a cache that is not an :class:`SSACache`, every step is eager.
 
 If capturing fails (a transformers version that synchronises inside the forward, say), the
 decoder says why in :attr:`Decoder.graph_error` and runs plain steps without the graph
@@ -53,6 +55,8 @@ class Decoder:
             raise ValueError("decode mode 'graph' needs the model on CUDA")
         self.mode = mode
         self.graph: torch.cuda.CUDAGraph | None = None
+        # Source tracking adds work to the step: a graph holds it or not (captured anew on change).
+        self._graph_tracks: bool | None = None
         self.graph_error: str | None = None
         self.steps = {"eager": 0, "static": 0, "graph": 0}
         self._ids: torch.Tensor | None = None
@@ -89,6 +93,8 @@ class Decoder:
         self._ids.copy_(ids)
         self._positions.fill_(cache.get_seq_length())
         cache.set_static_step()
+        if self.graph is not None and self._graph_tracks != cache.track_sources:
+            self.graph = None
         if self.mode == "graph" and first:
             # The first plain step runs eagerly on a side stream, as PyTorch asks before a
             # capture: it compiles and autotunes whatever the graph will hold.
@@ -123,4 +129,5 @@ class Decoder:
             handoff.hand_off(None, None)
             return False
         self.graph = graph
+        self._graph_tracks = self.cache.track_sources
         return True

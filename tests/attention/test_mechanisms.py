@@ -95,16 +95,20 @@ def test_staging_fetches_only_missing_blocks():
     prefill(model, cache, torch.randint(0, 300, (1, 600), generator=torch.Generator().manual_seed(0)), chunk_size=100)
     layer = cache.layers[0]
     fetched = []
-    original = layer.store.fetch
-    layer.store.fetch = lambda heads, ids, dev: (fetched.append(ids.clone()), original(heads, ids, dev))[1]
-    ids = layer.staged_ids.clone()
-    layer._place(ids)
-    assert fetched == []
-    swapped = ids.clone()
+    original = layer.store.read_into
+    layer.store.read_into = lambda heads, ids, k, v, rows: (fetched.append(ids.copy()), original(heads, ids, k, v, rows))
+    ids = layer.staged_ids.numpy().copy()
+    layer.stager.place(ids)
+    assert fetched == [] and not layer.stager.ready
+    swapped = ids.copy()
     swapped[0, 0] = next(b for b in range(layer.store.num_blocks) if b not in ids[0].tolist())
     before = layer.k[0, layer.STAGE + 1 * cfg.block_size].clone()
-    layer._place(swapped)
-    assert len(fetched) == 1 and fetched[0].tolist() == [swapped[0, 0].item()]
+    layer.stager.place(swapped)
+    assert len(fetched) == 1 and fetched[0].tolist() == [swapped[0, 0]]
+    # Nothing changes in the tier buffer before the install.
+    assert layer.staged_ids[0, 0].item() == ids[0, 0]
+    layer.stager.install()
     # Untouched slots keep their content; the new block sits where the dropped one was.
     assert torch.equal(layer.k[0, layer.STAGE + 1 * cfg.block_size], before)
-    assert layer.pos[0, layer.STAGE].item() == cfg.sinks + swapped[0, 0].item() * cfg.block_size
+    assert layer.pos[0, layer.STAGE].item() == cfg.sinks + swapped[0, 0] * cfg.block_size
+    assert layer.staged_ids[0, 0].item() == swapped[0, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ssa_code import SSACache, SSAConfig, patch
@@ -65,8 +66,11 @@ def test_disk_store_round_trips(tmp_path):
     _fill(cache, model, 4096, [4096])
     layer = cache.layers[0]
     assert layer.store.nbytes() > 0 and any((tmp_path / "store").iterdir())
-    k, v = layer.store.fetch(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), torch.device("cpu"))
+    k = torch.full((4, cfg.block_size, model.config.head_dim), float("nan"), dtype=layer.dtype)
+    v = k.clone()
+    layer.store.read_into(np.array([0, 0, 1]), np.array([0, 1, 2]), k, v, np.array([3, 1, 2]))
     full = layer.store.state()
     assert torch.equal(k[2], full["k"][1, 2]) and torch.equal(v[1], full["v"][0, 1])
+    assert torch.equal(k[3], full["k"][0, 0]) and k[0].isnan().all()
     cache.close()
     assert not any((tmp_path / "store").iterdir())
