@@ -123,13 +123,22 @@ def main() -> None:
             print(f"  {k:28s} {v / args.profile_chunks * 1e3:8.2f} ms/chunk")
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
             for _ in range(2):
                 forward_chunk(model, cache, torch.randint(0, 1000, (1, args.chunk), device="cuda"), pos, logits=False)
                 pos += args.chunk
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+        # Where the device time of the small operations comes from (ssa_code frames only).
+        by_line: dict = collections.defaultdict(float)
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CPU and ev.self_device_time_total > 0:
+                frames = [f for f in (ev.stack or []) if "ssa_code" in f or "kernels/" in f]
+                by_line[frames[0] if frames else ev.name] += ev.self_device_time_total
+        print("device time by first ssa_code frame (us per chunk):")
+        for line, us in sorted(by_line.items(), key=lambda kv: -kv[1])[:40]:
+            print(f"  {us / 2:10.0f}  {line}")
 
 
 if __name__ == "__main__":

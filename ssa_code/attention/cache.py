@@ -82,6 +82,8 @@ class SSACache(Cache):
         # The static decode step (see SSALayer.static_step_ok): while static_mode is on, every
         # layer writes its token at the window slot and position held in these device scalars.
         self.static_mode = False
+        # Whether the static step is a selection step (observes mass, scores the index).
+        self.static_selects = False
         self.static_slot: torch.Tensor | None = None
         self.static_pos: torch.Tensor | None = None
         if ssa_config.store == "disk":
@@ -127,6 +129,8 @@ class SSACache(Cache):
             self.static_slot = torch.zeros(1, dtype=torch.int64, device=layer.device)
             self.static_pos = torch.zeros(1, dtype=torch.int64, device=layer.device)
         p0 = layer.seen
+        # Layers move in step (same tokens, same evictions), so they select at the same steps.
+        self.static_selects = layer.selects_next()
         self.static_slot.fill_(layer.window_slot(p0))
         self.static_pos.fill_(p0)
         for each in self.layers:

@@ -58,7 +58,14 @@ class SSAConfig:
             94.6 s in 8K chunks); :meth:`fit` caps it at a quarter of the trained range.
         decode_refresh: during decode, blocks are re-scored and re-fetched, and attention
             mass observed, once per this many tokens (1 = every token); a change of the
-            index or the heavy tier forces a refresh at the next token.
+            index forces a refresh at the next token.
+        decode_evict: during decode, the window gives up blocks this many at a time: an
+            eviction updates every tier (index, summaries, heavy hitters) at a cost that hardly
+            depends on how many blocks leave, so decode pays it once per
+            ``decode_evict * block_size`` tokens; the window ring holds that many more slots.
+        score_queries: prefill scores the index with at most this many of a chunk's queries
+            (its last ``observe`` queries and an even stride over the rest; 0 = all).
+            Scoring costs as much as a tenth of the chunk's attention per query kept.
         store: where full-resolution evicted blocks live: host RAM, a disk memmap under
             ``store_dir``, or nowhere (store-free mode: no retrieval).
         kernels: ``auto`` uses Triton on CUDA and the PyTorch reference elsewhere.
@@ -79,14 +86,16 @@ class SSAConfig:
     rebase_every: int = 256
     chunk_size: int = 8192
     decode_refresh: int = 8
+    decode_evict: int = 8
+    score_queries: int = 4096
     store: StoreKind = "host"
     store_dir: str | None = None
     kernels: KernelChoice = "auto"
 
     def __post_init__(self) -> None:
-        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k")
+        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k", "score_queries")
         positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
-                    "rebase_every", "chunk_size", "decode_refresh")
+                    "rebase_every", "chunk_size", "decode_refresh", "decode_evict")
         for name in nonneg:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -122,8 +131,9 @@ class SSAConfig:
 
     @property
     def ring(self) -> int:
-        """Window ring capacity: eviction is block-aligned, so the ring holds up to window + block - 1."""
-        return self.window + self.block_size
+        """Window ring capacity: eviction is block-aligned and decode lets ``decode_evict`` blocks
+        gather before it evicts, so the ring holds up to ``window + decode_evict * block`` tokens."""
+        return self.window + self.decode_evict * self.block_size
 
     @property
     def capacity(self) -> int:
@@ -170,16 +180,17 @@ class SSAConfig:
         """This configuration with chunk and window shrunk to the model's trained range.
 
         Window keys are seen at their true distance (up to ``window + block_size`` plus the
-        chunk), so a model trained on ``L`` positions gets ``chunk_size <= L / 4`` and
-        ``chunk_size + window + block_size <= L``; far tiers then sit at ``far_distance``
-        (derived from ``L``). Sizes that already fit are returned unchanged.
+        chunk in prefill, ``window + decode_evict * block_size`` in decode), so a model trained
+        on ``L`` positions gets ``chunk_size <= L / 4`` and ``window + block_size +
+        max(chunk_size, decode_evict * block_size) <= L``; far tiers then sit at
+        ``far_distance`` (derived from ``L``). Sizes that already fit are returned unchanged.
         """
         trained = int(getattr(model_config, "max_position_embeddings", 0) or 0)
         if trained <= 0:
             return self
         b = self.block_size
         chunk = min(self.chunk_size, max(b, trained // 4))
-        window = min(self.window, trained - chunk - b)
+        window = min(self.window, trained - max(chunk, self.decode_evict * b) - b)
         window -= window % b
         if window < b:
             raise ValueError(f"SSAConfig.block_size {b} leaves no window within the model's {trained} positions")

@@ -255,21 +255,27 @@ class SSALayer(CacheLayerMixin):
             self.prepare_selection()
         else:
             self.decode_steps = 0
+        # Decode observes mass (heavy hitters, sources) and selects blocks on selection steps
+        # only (once per decode_refresh tokens); prefill does both every chunk.
+        selects = decode and self._selects()
         self._rebase(p0, m)
         if not decode:
             self._stage_chunk(q, scale)
         ranges = self._occupied_ranges()
         out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
-        mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
-        if self.cache.track_sources:
-            self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        if selects or not decode:
+            mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
+            if self.cache.track_sources:
+                self.cache.add_source_mass(self.pos, mass_buf, p0, mass_new)
+        else:
+            mass_new = torch.zeros(self.heads, m, dtype=torch.float32, device=self.device)
         frontier = self.frontier
         self._commit(k_new, v_new, mass_new, p0)
         if decode and self.frontier != frontier:
-            # This step evicted (once per block_size tokens): the new index entries take part
+            # This step evicted (once per decode_evict blocks): the new index entries take part
             # from the next token on, as they do in prefill, at the cost of one host round trip.
             self._stage_chunk(q, scale)
-        elif decode and self._selects():
+        elif selects:
             self.stager.stash(self._decode_entries(q, scale))
             self.restage = False
         return out
@@ -294,19 +300,20 @@ class SSALayer(CacheLayerMixin):
     def static_step_ok(self) -> bool:
         """Whether the next decode token needs none of the host-side work of :meth:`attend`.
 
-        Such a "plain" step attends, observes attention mass, scores the index into a fixed
-        buffer and writes the token into its window slot: no re-rotation (``rebase_every``)
-        and no eviction (the frontier stays). Staging happens between steps
-        (:meth:`install_selection`, :meth:`prepare_selection`). Its work is then the same
-        device operations every time, with the window slot and position read from device
-        scalars (:meth:`SSACache.set_static_step`), so one CUDA graph can replay it.
+        Such a "plain" step attends and writes the token into its window slot (a selection
+        step also observes attention mass and scores the index into a fixed buffer: see
+        :meth:`selects_next`): no re-rotation (``rebase_every``) and no eviction (the frontier
+        stays). Staging happens between steps (:meth:`install_selection`,
+        :meth:`prepare_selection`). Its work is then the same device operations every time,
+        with the window slot and position read from device scalars
+        (:meth:`SSACache.set_static_step`), so a CUDA graph of each kind can replay it.
         """
         if not self.is_initialized:
             return False
         p0 = self.seen
         if p0 < self.cfg.sinks or self._floor_for(p0, 1) != self.floor:
             return False
-        return self._frontier_for(p0 + 1) <= self.frontier
+        return self._frontier_after(p0 + 1, decode=True) == self.frontier
 
     def window_slot(self, position: int) -> int:
         """The ring slot that holds window token ``position``."""
@@ -324,17 +331,19 @@ class SSALayer(CacheLayerMixin):
         self.pending = None
         ranges = self._static_ranges
         out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
-        mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
-        if self.stager is not None:
-            self._entries.copy_(self._decode_entries(q, scale))
         slot, pos = self.cache.static_slot, self.cache.static_pos
-        if self._src_acc is not None:
-            self._src_acc.add_(mass_buf).index_add_(1, slot, mass_new)
+        if self.cache.static_selects:
+            mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
+            self._entries.copy_(self._decode_entries(q, scale))
+            if self._src_acc is not None:
+                self._src_acc.add_(mass_buf).index_add_(1, slot, mass_new)
+            self.mass.index_copy_(1, slot, mass_new)
+        else:
+            self.mass.index_fill_(1, slot, 0.0)
         self.k.index_copy_(1, slot, k_new)
         self.v.index_copy_(1, slot, v_new)
         self.pos.index_copy_(1, slot, pos.expand(self.heads, 1))
         self.bias.index_fill_(1, slot, 0.0)
-        self.mass.index_copy_(1, slot, mass_new)
         return out
 
     def refresh_static_ranges(self) -> None:
@@ -362,16 +371,26 @@ class SSALayer(CacheLayerMixin):
         self.decode_steps += 1
         self.seen += 1
         if self._selects():
+            assert self.cache.static_selects
             self.stager.stash(self._entries)
             self.restage = False
 
     # -- decode's selection pipeline (staging.py) ----------------------------------------------
 
     def _selects(self) -> bool:
-        """Whether this decode step's scores become a selection: once per ``decode_refresh``
-        tokens, and at the first token after the index changed."""
+        """Whether this decode step (``decode_steps`` counts it) observes mass and selects
+        blocks: once per ``decode_refresh`` tokens, and at the first token after the index
+        changed."""
         return (self.stager is not None and self.index.n > 0
                 and (self.decode_steps % self.cfg.decode_refresh == 0 or self.restage))
+
+    def selects_next(self) -> bool:
+        """Whether the next decode step is a selection step (:meth:`_selects`)."""
+        self.decode_steps += 1
+        try:
+            return self._selects()
+        finally:
+            self.decode_steps -= 1
 
     def install_selection(self) -> None:
         """Write the blocks prepared at the previous step into the staging tier."""
@@ -472,8 +491,18 @@ class SSALayer(CacheLayerMixin):
         if self.stager is None or self.index.n == 0:
             return
         self.restage = False
-        scores = self._scores(q, scale, self.index.n)
+        scores = self._scores(self._scoring_queries(q), scale, self.index.n)
         self.stager.run_now(top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold))
+
+    def _scoring_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """At most ``score_queries`` of the chunk's queries ``[Hq, M, D]``: the last ``observe``
+        (the end of the prompt, where a question sits) and an even stride over the rest."""
+        n, m = self.cfg.score_queries, q.shape[1]
+        if n == 0 or m <= n:
+            return q
+        last = min(self.cfg.observe, n - 1)
+        stride = -(-(m - last) // (n - last))
+        return torch.cat([q[:, : m - last: stride], q[:, m - last:]], dim=1)
 
     def _decode_entries(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """Decode's choice ``[3, H, k]`` (fixed shapes, no host value: a CUDA graph can hold it)."""
@@ -549,7 +578,7 @@ class SSALayer(CacheLayerMixin):
                             mass_new[:, :ns])
             self.n_sink = p0 + ns
         seen_new = p0 + m
-        new_frontier = max(self._frontier_for(seen_new), self.frontier)
+        new_frontier = self._frontier_after(seen_new, decode=m == 1)
         if new_frontier > self.frontier:
             self._evict(self.frontier, new_frontier, k_new, v_new, mass_new, p0)
         # Window: chunk tokens at positions >= max(frontier, sinks).
@@ -569,6 +598,14 @@ class SSALayer(CacheLayerMixin):
             self.mass[:, dst] = mass_new[:, src]
         self.frontier = new_frontier
         self.seen = seen_new
+
+    def _frontier_after(self, seen: int, decode: bool) -> int:
+        """The window's first position once ``seen`` tokens are in: prefill evicts every whole
+        block it can, decode waits until ``decode_evict`` blocks are due."""
+        due = self._frontier_for(seen)
+        if decode and due - self.frontier < self.cfg.decode_evict * self.cfg.block_size:
+            return self.frontier
+        return max(due, self.frontier)
 
     def _frontier_for(self, seen: int) -> int:
         """First window position once ``seen`` tokens are in: the window keeps ``window`` tokens

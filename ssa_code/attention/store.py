@@ -38,6 +38,17 @@ def _writer() -> ThreadPoolExecutor:
         return _WRITER
 
 
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream that copies appended blocks to the host, one per device."""
+    stream = _COPY_STREAMS.get(device)
+    if stream is None:
+        stream = _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
 def _rows(t: torch.Tensor) -> np.ndarray:
     """A numpy view of ``t`` (``[..., B, D]``, 2-byte or 4-byte elements) as rows of ``B * D``."""
     raw = t.view(torch.int16 if t.element_size() == 2 else torch.int32)
@@ -118,10 +129,16 @@ class _PagedStore(BlockStore):
             self._bounce = (torch.empty(shape, dtype=self.dtype, pin_memory=True),
                             torch.empty(shape, dtype=self.dtype, pin_memory=True))
         kb, vb = self._bounce[0][:n], self._bounce[1][:n]
-        kb.copy_(k, non_blocking=True)
-        vb.copy_(v, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        # On a side stream, so the compute stream goes on with the next layer meanwhile.
+        stream = _copy_stream(k.device)
+        stream.wait_stream(torch.cuda.current_stream(k.device))
+        with torch.cuda.stream(stream):
+            kb.copy_(k, non_blocking=True)
+            vb.copy_(v, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        k.record_stream(stream)
+        v.record_stream(stream)
         self._pending = _writer().submit(self._write_when_copied, event, self._reserve(n), kb, vb)
 
     def _reserve(self, n: int) -> list[tuple[int, int, int]]:
@@ -166,14 +183,15 @@ class _PagedStore(BlockStore):
         if int(ids.max()) >= self.num_blocks or int(ids.min()) < 0:
             raise IndexError(f"block id out of range 0..{self.num_blocks - 1}")
         # Row (slot * H + head) of a page viewed as [PAGE_BLOCKS * H, B, D] is block `slot` of `head`.
-        pages, src = (ids // PAGE_BLOCKS).tolist(), ((ids % PAGE_BLOCKS) * self.heads + heads).tolist()
-        # One numpy row copy per block (a memcpy of block * dim elements): CPU index_select on
-        # bfloat16 was 60x slower, and stacking torch row views paid ~5 us per view.
+        pages, src = ids // PAGE_BLOCKS, (ids % PAGE_BLOCKS) * self.heads + heads
+        # One numpy gather per page (rows of block * dim elements): CPU index_select on bfloat16
+        # was 60x slower, and stacking torch row views paid ~5 us per view.
         k_rows, v_rows = self._page_rows()
         ko, vo = _rows(k_out), _rows(v_out)
-        for dst, p, r in zip(rows.tolist(), pages, src):
-            ko[dst] = k_rows[p][r]
-            vo[dst] = v_rows[p][r]
+        for p in np.unique(pages).tolist():
+            sel = pages == p
+            ko[rows[sel]] = k_rows[p][src[sel]]
+            vo[rows[sel]] = v_rows[p][src[sel]]
 
     def _page_rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Numpy views ``[PAGE_BLOCKS * H, B * D]`` of the pages, made once per page."""

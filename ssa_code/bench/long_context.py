@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--marks", default="32768,131072,524288,1048576")
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--ssa-decode-tokens", type=int, default=None,
+                    help="SSA decode tokens per mark (default --decode-tokens); SSA evicts once per "
+                         "decode_evict * block_size tokens, so a mean over that many counts its eviction")
     ap.add_argument("--dense-prefill-marks", default="32768,131072")
     ap.add_argument("--dense-decode-filled", default="524288,1048576")
     ap.add_argument("--dense-limit-s", type=float, default=60.0)
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
               "chunk": args.chunk,
               "model": "smoke-test model" if args.smoke else "Qwen2.5-7B architecture, random bf16 weights"}
     marks = [int(m) for m in args.marks.split(",")]
-    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, args.decode_tokens, cfg.vocab_size, device,
+    result["ssa_decode_tokens"] = args.ssa_decode_tokens or args.decode_tokens
+    result["ssa"] = ssa_run(model, ssa_cfg, marks, args.chunk, result["ssa_decode_tokens"], cfg.vocab_size, device,
                             args.decode_mode)
     json.dump(result, open(out / "long_context.json", "w"), indent=1)
     result["dense"] = [] if args.skip_dense else dense_run(

@@ -80,8 +80,10 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     w_max = max_position - chunk_size
     if w_max < block_size:
         raise ValueError(f"chunk_size {chunk_size} leaves no window within max_position {max_position}")
+    # An answer is a few tokens: decode never evicts, so the ring keeps one spare block only
+    # (decode_evict=1) and the budget goes to the tiers.
     common = dict(sinks=sinks, block_size=block_size, chunk_size=chunk_size, index_size=index_size,
-                  rebase_every=min(256, chunk_size))
+                  rebase_every=min(256, chunk_size), decode_evict=1)
     ring_extra = block_size
 
     def window(rest: int) -> int:

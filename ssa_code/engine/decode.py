@@ -3,12 +3,13 @@
 Eager decode of a 7B model pays far more in Python and kernel launches than in memory
 traffic: every layer runs dozens of small operations per token. Most SSA decode steps are
 *plain* (:meth:`SSALayer.static_step_ok`): no re-rotation or eviction, only attention over the
-fixed tier buffer, the attention mass it observes, the index scores of the next selection and
-one write into the window ring, with the slot and position read from device scalars. The whole
-model forward of such a step is the same device work every time, so :class:`Decoder` captures
-it once in a CUDA graph and replays it; between replays the host moves selections through the
-staging pipeline (``ssa_code/attention/staging.py``) while the GPU runs. The steps that evict
-(one per ``block_size`` tokens) or re-rotate (one per ``rebase_every``) run eagerly. On CPU, or
+fixed tier buffer and one write into the window ring, with the slot and position read from
+device scalars (once per ``decode_refresh`` tokens also the attention mass it observes and the
+index scores of the next selection). The whole model forward of such a step is the same device
+work every time, so :class:`Decoder` captures it once per kind (selecting or not) in a CUDA
+graph and replays it; between replays the host moves selections through the staging pipeline
+(``ssa_code/attention/staging.py``) while the GPU runs. The steps that evict (one per
+``decode_evict`` blocks) or re-rotate (one per ``rebase_every`` tokens) run eagerly. On CPU, or
 for a cache that is not an :class:`SSACache`, every step is eager.
 
 If capturing fails (a transformers version that synchronises inside the forward, say), the
@@ -54,14 +55,14 @@ class Decoder:
         if mode == "graph" and self.device.type != "cuda":
             raise ValueError("decode mode 'graph' needs the model on CUDA")
         self.mode = mode
-        self.graph: torch.cuda.CUDAGraph | None = None
-        # Source tracking adds work to the step: a graph holds it or not (captured anew on change).
-        self._graph_tracks: bool | None = None
+        # One graph per kind of static step: (selects, tracks sources); each adds device work.
+        self.graphs: dict[tuple[bool, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        self._warm: set[tuple[bool, bool]] = set()
         self.graph_error: str | None = None
         self.steps = {"eager": 0, "static": 0, "graph": 0}
         self._ids: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None
-        self._logits: torch.Tensor | None = None
         self._kwarg = cache_kwarg(model)
 
     def __call__(self, token: int | torch.Tensor) -> torch.Tensor:
@@ -86,40 +87,41 @@ class Decoder:
 
     def _plain(self, ids: torch.Tensor) -> torch.Tensor:
         cache = self.cache
-        first = self._ids is None
-        if first:
+        if self._ids is None:
             self._ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
             self._positions = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._ids.copy_(ids)
         self._positions.fill_(cache.get_seq_length())
         cache.set_static_step()
-        if self.graph is not None and self._graph_tracks != cache.track_sources:
-            self.graph = None
-        if self.mode == "graph" and first:
-            # The first plain step runs eagerly on a side stream, as PyTorch asks before a
-            # capture: it compiles and autotunes whatever the graph will hold.
+        kind = (cache.static_selects, cache.track_sources)
+        if self.mode == "graph" and kind not in self._warm:
+            # The first plain step of a kind runs eagerly on a side stream, as PyTorch asks
+            # before a capture: it compiles and autotunes whatever the graph will hold.
+            self._warm.add(kind)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 logits = self._forward_static().clone()
             torch.cuda.current_stream(self.device).wait_stream(side)
-        elif self.mode == "graph" and (self.graph is not None or self._capture()):
-            self.graph.replay()
+        elif self.mode == "graph" and (kind in self.graphs or self._capture(kind)):
+            graph, logits = self.graphs[kind]
+            graph.replay()
             cache.advance_static()
             self.steps["graph"] += 1
-            return self._logits.clone()
+            return logits.clone()
         else:
             logits = self._forward_static().clone()
         cache.advance_static()
         self.steps["static"] += 1
         return logits
 
-    def _capture(self) -> bool:
-        """Record the plain step once; False (and ``static`` mode from now on) if capturing fails."""
+    def _capture(self, kind: tuple[bool, bool]) -> bool:
+        """Record a plain step of ``kind`` once; False (and ``static`` mode from now on) if capturing fails."""
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                self._logits = self._forward_static()
+            # The graphs share one memory pool: they never run at the same time.
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits = self._forward_static()
         except Exception as exc:  # noqa: BLE001 - any capture failure means: no graph
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             self.graph_error = f"{type(exc).__name__}: {first_line}"
@@ -128,6 +130,6 @@ class Decoder:
                 layer.pending = None
             handoff.hand_off(None, None)
             return False
-        self.graph = graph
-        self._graph_tracks = self.cache.track_sources
+        self._pool = graph.pool()
+        self.graphs[kind] = (graph, logits)
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,7 +110,9 @@ def test_host_store_round_trip_from_cuda():
     n = every.shape[1]
     heads = torch.tensor([0, 1, 1, 0, 1])
     ids = torch.tensor([0, 2, PAGE_BLOCKS + 1, n - 1, 5])
-    k, v = store.fetch(heads, ids, torch.device("cuda"))
-    assert torch.equal(k, every[heads.cuda(), ids.cuda()]) and torch.equal(v, -k)
+    k = torch.empty(5, 16, 64, dtype=torch.bfloat16, pin_memory=True)
+    v = torch.empty_like(k)
+    store.read_into(heads.numpy(), ids.numpy(), k, v, np.arange(5))
+    assert torch.equal(k.cuda(), every[heads.cuda(), ids.cuda()]) and torch.equal(v, -k)
     assert store.nbytes() == 2 * 2 * n * 16 * 64 * 2
     store.close()

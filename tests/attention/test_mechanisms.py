@@ -112,3 +112,42 @@ def test_staging_fetches_only_missing_blocks():
     assert torch.equal(layer.k[0, layer.STAGE + 1 * cfg.block_size], before)
     assert layer.pos[0, layer.STAGE].item() == cfg.sinks + swapped[0, 0] * cfg.block_size
     assert layer.staged_ids[0, 0].item() == swapped[0, 0]
+
+
+def test_prefill_scores_with_the_last_queries_and_a_stride():
+    model = tiny_model("llama")
+    cfg = SMALL.replace(score_queries=8, observe=3)
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg)
+    prefill(model, cache, torch.randint(0, 300, (1, 50)), chunk_size=50)
+    layer = cache.layers[0]
+    q = torch.arange(40.0).view(1, 40, 1).expand(2, 40, 4)
+    kept = layer._scoring_queries(q)[0, :, 0].tolist()
+    assert len(kept) <= 8 and kept[-3:] == [37.0, 38.0, 39.0] and kept[0] == 0.0
+    assert kept == sorted(set(kept))
+    short = q[:, :8]
+    assert layer._scoring_queries(short) is short
+    assert SSACache(model.config, cfg.replace(score_queries=0)).ssa_config.score_queries == 0
+
+
+def test_decode_evicts_decode_evict_blocks_at_a_time():
+    from ssa_code.engine.generate import forward_tokens
+
+    model = tiny_model("llama")
+    cfg = SMALL.replace(decode_evict=3)
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg)
+    prefill(model, cache, torch.randint(0, 300, (1, 400), generator=torch.Generator().manual_seed(1)), chunk_size=100)
+    layer = cache.layers[0]
+    assert layer.cfg.ring == cfg.window + 3 * cfg.block_size
+    moves = []
+    with torch.inference_mode():
+        for token in range(200):
+            before = layer.frontier
+            forward_tokens(model, cache, torch.tensor([[token % 300]]))
+            if layer.frontier != before:
+                moves.append(layer.frontier - before)
+            # Every window token is still in the ring, at its slot.
+            held = set(layer.pos[0, layer.WIN:].tolist())
+            assert set(range(layer.frontier, layer.seen)) <= held
+    assert moves and all(m == 3 * cfg.block_size for m in moves)
