@@ -31,6 +31,7 @@ from .tier_attention_ref import (
 
 __all__ = [
     "backend",
+    "merge_attention",
     "score_blocks",
     "score_blocks_ref",
     "tier_attention",
@@ -74,18 +75,34 @@ def backend(device: torch.device, prefer: str = "auto") -> str:
     return "triton" if device.type == "cuda" and triton_available() else "torch"
 
 
-def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, prefer: str = "auto"):
+def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, prefer: str = "auto", *,
+                   with_new: bool = True):
     """Attention over buffer ranges (additive per-slot bias) + the chunk's own keys (causal).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D] -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
+    ``with_new=False``: the buffer ranges only (a query with no key gets out 0, lse -inf), for
+    a pass merged with another through the lse (:func:`merge_attention`).
     """
     if backend(q.device, prefer) == "triton":
         from .tier_attention_triton import tier_attention as fast
 
-        return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)  # validates too
+        return fast(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, with_new=with_new)  # validates too
     check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
-    return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
+    return tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, with_new=with_new)
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b):
+    """Attention over the union of two disjoint key sets from the two passes' results.
+
+    out [Hq, M, D], lse [Hq, M] float32 each -> (out, lse) as one pass over both key sets;
+    ``lse_b`` may be -inf (a pass that saw no key)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    # A row that saw no key in either pass keeps -inf and a zero output.
+    shift = torch.where(torch.isfinite(lse), lse, 0.0)
+    w_a = (lse_a - shift).exp()[..., None]
+    w_b = (lse_b - shift).exp()[..., None]
+    return (out_a.float() * w_a + out_b.float() * w_b).to(out_a.dtype), lse
 
 
 def score_blocks(q, reps, n_valid, scale, prefer: str = "auto"):

@@ -103,12 +103,13 @@ def _query_chunk(hq: int, m: int, t: int) -> int:
 
 
 def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
-                       compute_dtype=torch.float32, out_dtype=None):
+                       compute_dtype=torch.float32, out_dtype=None, with_new=True):
     """Attention of the chunk's queries over buffer ranges (with bias) + its own keys (causal).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int;
     k_new, v_new [Hkv, M, D]. Returns out [Hq, M, D] (``out_dtype``, default q's dtype) and
-    lse [Hq, M] float32 (natural log, over buffer + causal chunk).
+    lse [Hq, M] float32 (natural log, over buffer + causal chunk). ``with_new=False`` leaves
+    the chunk's keys out; a query that then sees no key gets out 0 and lse -inf.
     """
     hq, m, d = q.shape
     hkv, cap, _ = k_buf.shape
@@ -137,9 +138,10 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
         logits[:, :, :t] += bias_buf[:, None, :]
         qi = torch.arange(i0, i1, device=dev)[:, None]
         kj = torch.arange(m, device=dev)[None, :]
-        logits[:, :, t:].masked_fill_((kj > qi)[None], float("-inf"))
-        lse[:, i0:i1] = torch.logsumexp(logits, dim=-1).float()
-        p = torch.softmax(logits, dim=-1).to(ct)
+        logits[:, :, t:].masked_fill_((kj > qi)[None] | (not with_new), float("-inf"))
+        row_lse = torch.logsumexp(logits, dim=-1)
+        lse[:, i0:i1] = row_lse.float()
+        p = torch.softmax(logits, dim=-1).nan_to_num(0.0).to(ct)
         out[:, i0:i1] = torch.matmul(p, vals)
     return out.to(out_dtype or q.dtype), lse
 

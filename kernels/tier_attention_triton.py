@@ -83,12 +83,13 @@ def ssa_attn_fwd_kernel(
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
     attended keys counted in range order (the flat key index); the last split also covers the
-    chunk's own keys (causal).
+    chunk's own keys (causal) unless WITH_NEW is off (a pass over buffer ranges only, merged
+    with another pass by the caller through the lse).
 
     FLAT_KEYS: one loop over the split's tiles of the flat index, each key mapped to its slot
     through the ranges' prefix sums (held in registers, RANGES_PAD >= N_RANGES entries), so the
@@ -172,7 +173,7 @@ def ssa_attn_fwd_kernel(
                     (bias * 1.4426950408889634)[None, :], qk_scale, INPUT_PRECISION)
             cum += e - s
 
-    if split == NUM_SPLITS - 1:
+    if WITH_NEW and split == NUM_SPLITS - 1:
         kn_head = KN + kvh.to(tl.int64) * stride_knh
         vn_head = VN + kvh.to(tl.int64) * stride_vnh
         m_lo = tl.min(qm, 0)
@@ -227,8 +228,10 @@ def ssa_attn_combine_kernel(
     offs_s = tl.arange(0, SPLITS_PAD)
     lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=offs_s < NUM_SPLITS,
                     other=float("-inf"))
-    # The last split holds the diagonal key, so the max is finite.
-    mx = tl.max(lse_s, 0)
+    # With the chunk's keys the last split holds the diagonal key and the max is finite; a pass
+    # without them (WITH_NEW off) may see no key at all: shift by 0 then, giving out 0, lse -inf.
+    mx_raw = tl.max(lse_s, 0)
+    mx = tl.where(mx_raw > float("-inf"), mx_raw, 0.0)
     den = tl.sum(tl.exp(lse_s - mx), 0)
     offs_d = tl.arange(0, HEAD_DIM)
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
@@ -240,9 +243,10 @@ def ssa_attn_combine_kernel(
         o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
                       mask=ok[:, None], other=0.0)
         acc += tl.sum(w[:, None] * o_b, 0)
-    o = acc / den
+    seen = den > 0.0
+    o = acc / tl.where(seen, den, 1.0)
     tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
-    tl.store(LSE + head.to(tl.int64) * stride_lh + qm, mx + tl.log(den))
+    tl.store(LSE + head.to(tl.int64) * stride_lh + qm, tl.where(seen, mx + tl.log(den), float("-inf")))
 
 
 @triton.jit
@@ -410,7 +414,7 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
 
 
 def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                       key_loop="flat"):
+                       key_loop="flat", with_new=True):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
     contiguous. `num_splits` forces the split count (tests); None picks it from the sizes.
     `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range."""
@@ -446,7 +450,7 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
         cfg = {} if block_m == 0 else {"BLOCK_M": block_m}
         launch = _prefill_fwd if block_m == 0 else _split_fwd if flat else _split_ranges_fwd
     consts = dict(GROUP=group, HEAD_DIM=d, FLAT_KEYS=flat, RANGES_PAD=ranges_pad,
-                  INPUT_PRECISION=precision, **cfg)
+                  INPUT_PRECISION=precision, WITH_NEW=bool(with_new), **cfg)
     if splits == 1:
         dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
@@ -470,13 +474,14 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                   key_loop="flat"):
+                   key_loop="flat", with_new=True):
     """Triton tier attention (see `ssa_code.kernels.tier_attention` for the contract).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
-    the split-K path's previous per-range loop (benchmark comparison).
+    the split-K path's previous per-range loop (benchmark comparison); `with_new=False` leaves
+    the chunk's own keys out (k_new, v_new then only give M).
     """
     from .tier_attention_ref import check_tier_attention_args
 
@@ -492,7 +497,7 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
     bias = _last_dim_contiguous(bias)
     return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits,
-                              key_loop)
+                              key_loop, with_new)
 
 
 def tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):

@@ -114,8 +114,7 @@ class SSALayer(CacheLayerMixin):
         self._src_acc: torch.Tensor | None = None
         self.restage = False
         self.decode_steps = 0
-        self._ranges_key: tuple[int, ...] | None = None
-        self._ranges: torch.Tensor | None = None
+        self._ranges_cache: dict[tuple, torch.Tensor] = {}
         # The static step's ranges live in one tensor for the life of the state: a captured
         # CUDA graph reads them from this address (see refresh_static_ranges).
         self._static_ranges = torch.zeros(6, 2, dtype=torch.int32, device=device)
@@ -180,7 +179,7 @@ class SSALayer(CacheLayerMixin):
             self.store.append(store_parts["k"], store_parts["v"])
         if self.stager is not None:
             self.stager.sync_from_layer()
-        self._ranges_key = None
+        self._ranges_cache.clear()
         self._static_key = None
 
     # -- transformers Cache layer API ---------------------------------------------------
@@ -259,10 +258,12 @@ class SSALayer(CacheLayerMixin):
         # only (once per decode_refresh tokens); prefill does both every chunk.
         selects = decode and self._selects()
         self._rebase(p0, m)
-        if not decode:
-            self._stage_chunk(q, scale)
-        ranges = self._occupied_ranges()
-        out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
+        if decode:
+            ranges = self._occupied_ranges()
+            out, lse = tier_attention(q, self.k, self.v, self.bias, ranges, k_new, v_new, scale, self.cfg.kernels)
+        else:
+            out, lse = self._attend_chunk(q, scale, k_new, v_new)
+            ranges = self._occupied_ranges()
         if selects or not decode:
             mass_buf, mass_new = self._observe(q, lse, ranges, k_new, scale)
             if self.cache.track_sources:
@@ -486,6 +487,38 @@ class SSALayer(CacheLayerMixin):
         q2 = torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
         return score_blocks(q2, self.index_rot, n_valid, scale, self.cfg.kernels)
 
+    def _attend_chunk(self, q: torch.Tensor, scale: float, k_new: torch.Tensor,
+                      v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill attention, with the chunk's own selection staged while the GPU works.
+
+        The index is scored first; the tiers the selection does not touch (sinks, pinned, heavy
+        hitters, window) and the chunk itself are attended while the host turns the scores into
+        blocks (the only host round trip of the step); then summaries (their masks follow the
+        staged blocks) and the staged blocks, merged with the first pass through the lse.
+        """
+        from ssa_code.kernels import merge_attention, tier_attention
+
+        kernels = self.cfg.kernels
+        if self.stager is None or self.index.n == 0:
+            return tier_attention(q, self.k, self.v, self.bias, self._occupied_ranges(), k_new, v_new, scale,
+                                  kernels)
+        self.restage = False
+        scores = self._scores(self._scoring_queries(q), scale, self.index.n)
+        self.stager.stash(top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold))
+        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
+        sink, pin, heavy, _, _, window = self._spans(ring_used)
+        out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
+                                  k_new, v_new, scale, kernels)
+        self.stager.prepare()
+        self.stager.install()
+        summ, stage = self._spans(ring_used)[3:5]
+        second = self._ranges_of((summ, stage))
+        if second.shape[0]:
+            out2, lse2 = tier_attention(q, self.k, self.v, self.bias, second, k_new, v_new, scale, kernels,
+                                        with_new=False)
+            out, lse = merge_attention(out, lse, out2, lse2)
+        return out, lse
+
     def _stage_chunk(self, q: torch.Tensor, scale: float) -> None:
         """Prefill: the chunk attends to the blocks its own queries choose (one host round trip)."""
         if self.stager is None or self.index.n == 0:
@@ -556,12 +589,18 @@ class SSALayer(CacheLayerMixin):
 
     def _occupied_ranges(self) -> torch.Tensor:
         ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
-        key = (self.n_sink, self.n_pin, self.n_heavy, self.summaries.n, self.n_stage, ring_used)
-        if key != self._ranges_key:
-            spans = [s for s in self._spans(ring_used) if s[1] > s[0]]
-            self._ranges = torch.tensor(spans, dtype=torch.int32, device=self.device).reshape(-1, 2)
-            self._ranges_key = key
-        return self._ranges
+        return self._ranges_of(self._spans(ring_used))
+
+    def _ranges_of(self, spans) -> torch.Tensor:
+        """``[R, 2]`` int32 device tensor of the non-empty ``spans``; the last few are kept, so a
+        step reuses them instead of copying them to the device again."""
+        key = tuple(s for s in spans if s[1] > s[0])
+        t = self._ranges_cache.get(key)
+        if t is None:
+            if len(self._ranges_cache) >= 8:
+                self._ranges_cache.pop(next(iter(self._ranges_cache)))
+            t = self._ranges_cache[key] = torch.tensor(key, dtype=torch.int32, device=self.device).reshape(-1, 2)
+        return t
 
     # -- 5. commit and evict ----------------------------------------------------------------
 

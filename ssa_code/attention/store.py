@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PAGE_BLOCKS = 256
+PAGE_BLOCKS = 2048
 
 _WRITER: ThreadPoolExecutor | None = None
 _WRITER_LOCK = threading.Lock()

@@ -313,3 +313,38 @@ def test_invalid_split_options_raise_value_error(bad, match):
     inputs = make_tier_inputs(4, 2, 1, 30, 64, [[0, 20]], torch.float32, on("small"), seed=1)
     with pytest.raises(ValueError, match=match):
         tier_attention(*inputs, 0.125, **bad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m,splits", [(1, None), (1, 3), (40, 1)])
+def test_two_passes_merged_equal_one_pass(device, m, splits):
+    """Buffer ranges split between a pass with the chunk's keys and one without
+    (``with_new=False``), merged through the lse, give the one-pass result; a pass over a
+    fully masked range gives lse -inf and changes nothing."""
+    from ssa_code.kernels.tier_attention_triton import tier_attention
+
+    dtype = torch.bfloat16
+    ranges = [[0, 20], [30, 90], [100, 150]]
+    q, kb, vb, bias, r, kn, vn = make_tier_inputs(4, 2, m, 160, 64, ranges, dtype, on(device), seed=7,
+                                                 summaries=[35], masked=[[100, 150]])
+    scale = 0.125
+    one_o, one_l = tier_attention(q, kb, vb, bias, r, kn, vn, scale)
+    first = torch.tensor([[0, 20], [100, 150]], dtype=torch.int32, device=q.device)
+    second = torch.tensor([[30, 90]], dtype=torch.int32, device=q.device)
+    a_o, a_l = tier_attention(q, kb, vb, bias, first, kn, vn, scale, num_splits=splits)
+    b_o, b_l = tier_attention(q, kb, vb, bias, second, kn, vn, scale, num_splits=splits, with_new=False)
+    gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(), second,
+                                        kn.double(), vn.double(), scale, compute_dtype=torch.float64,
+                                        out_dtype=torch.float64, with_new=False)
+    pt_o, _ = tier_attention_ref(q, kb, vb, bias, second, kn, vn, scale, compute_dtype=dtype, with_new=False)
+    assert_close_to_gold("with_new=False out", b_o, gold_o, pt_o)
+    torch.testing.assert_close(b_l.double(), gold_l.double(), atol=2e-3, rtol=2e-3)
+    out, lse = K.merge_attention(a_o, a_l, b_o, b_l)
+    torch.testing.assert_close(lse, one_l, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(out.float(), one_o.float(), atol=2e-2, rtol=2e-2)
+    # The masked range alone: nothing seen, lse -inf, out 0 (not NaN); merging it is a no-op.
+    empty = torch.tensor([[100, 150]], dtype=torch.int32, device=q.device)
+    e_o, e_l = tier_attention(q, kb, vb, bias, empty, kn, vn, scale, num_splits=splits, with_new=False)
+    assert torch.isneginf(e_l).all() and (e_o == 0).all()
+    same_o, same_l = K.merge_attention(one_o, one_l, e_o, e_l)
+    assert torch.equal(same_l, one_l) and torch.allclose(same_o.float(), one_o.float())
