@@ -80,3 +80,28 @@ def test_decoder_modes_are_checked():
     with pytest.raises(ValueError, match="SSACache"):
         Decoder(model, None, mode="static")
     assert Decoder(model, cache).mode == "eager"  # CPU
+
+
+def test_a_selection_is_installed_two_tokens_later():
+    """Decode's selection at token t (one per decode_refresh, and the first after prefill) is
+    written into the staging tier before token t + 2; eviction steps stage at once."""
+    model = tiny_model("llama")
+    cfg = CFG.replace(top_k=2)
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg)
+    prefill(model, cache, torch.randint(0, 300, (1, 500), generator=torch.Generator().manual_seed(5)),
+            chunk_size=cfg.chunk_size)
+    layer = cache.layers[0]
+    decoder = Decoder(model, cache, mode="static")
+    changed, evicted = [], []
+    for token in range(100):
+        ids, frontier = layer.staged_ids.clone(), layer.frontier
+        decoder(token)
+        step = layer.decode_steps
+        if layer.frontier != frontier:
+            evicted.append(step)
+        elif not torch.equal(ids, layer.staged_ids):
+            changed.append(step)
+    assert evicted and changed
+    # Selections at step 1 (after prefill's eviction) and at multiples of decode_refresh.
+    assert all(s == 3 or s % cfg.decode_refresh == 2 or s - 2 in evicted for s in changed), (changed, evicted)
