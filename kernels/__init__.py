@@ -98,10 +98,11 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     out [Hq, M, D], lse [Hq, M] float32 each -> (out, lse) as one pass over both key sets;
     ``lse_b`` may be -inf (a pass that saw no key)."""
     lse = torch.logaddexp(lse_a, lse_b)
-    # Pass b's share of the softmax mass; 0 when it saw no key (a row that saw none in either
-    # pass keeps lse -inf and a zero output). One fused blend: no float32 copy of the outputs.
-    w_b = torch.sigmoid(lse_b - lse_a).nan_to_num(0.0)
-    return torch.lerp(out_a, out_b, w_b[..., None].to(out_a.dtype)), lse
+    # A row that saw no key in either pass keeps -inf and a zero output.
+    shift = torch.where(torch.isfinite(lse), lse, 0.0)
+    w_a = (lse_a - shift).exp()[..., None]
+    w_b = (lse_b - shift).exp()[..., None]
+    return (out_a.float() * w_a + out_b.float() * w_b).to(out_a.dtype), lse
 
 
 def score_blocks(q, reps, n_valid, scale, prefer: str = "auto"):

@@ -248,12 +248,10 @@ class SSALayer(CacheLayerMixin):
         p0 = self.seen
         decode = m == 1
         self.flush_sources()
-        if self.stager is not None:
-            # The store is read by the stager's worker: nothing below may run beside it.
-            self.stager.wait()
         if decode:
             self.decode_steps += 1
-            self.install_selection(self.decode_steps)
+            self.install_selection()
+            self.prepare_selection()
         else:
             self.decode_steps = 0
         # Decode observes mass (heavy hitters, sources) and selects blocks on selection steps
@@ -279,7 +277,7 @@ class SSALayer(CacheLayerMixin):
             # from the next token on, as they do in prefill, at the cost of one host round trip.
             self._stage_chunk(q, scale)
         elif selects:
-            self.stager.stash(self._decode_entries(q, scale), due=self.decode_steps + 2)
+            self.stager.stash(self._decode_entries(q, scale))
             self.restage = False
         return out
 
@@ -306,8 +304,8 @@ class SSALayer(CacheLayerMixin):
         Such a "plain" step attends and writes the token into its window slot (a selection
         step also observes attention mass and scores the index into a fixed buffer: see
         :meth:`selects_next`): no re-rotation (``rebase_every``) and no eviction (the frontier
-        stays). Staging happens between steps (:meth:`install_selection`, ``staging.py``).
-        Its work is then the same device operations every time,
+        stays). Staging happens between steps (:meth:`install_selection`,
+        :meth:`prepare_selection`). Its work is then the same device operations every time,
         with the window slot and position read from device scalars
         (:meth:`SSACache.set_static_step`), so a CUDA graph of each kind can replay it.
         """
@@ -366,15 +364,16 @@ class SSALayer(CacheLayerMixin):
             self._src_acc = torch.zeros(self.heads, self.CAP, dtype=torch.float32, device=self.device)
         elif not self.cache.track_sources:
             self._src_acc = None
-        self.install_selection(self.decode_steps + 1)
+        self.install_selection()
 
     def advance_static(self) -> None:
         """Host bookkeeping of one plain decode step run by :meth:`_attend_static` (or its graph)."""
+        self.prepare_selection()
         self.decode_steps += 1
         self.seen += 1
         if self._selects():
             assert self.cache.static_selects
-            self.stager.stash(self._entries, due=self.decode_steps + 2)
+            self.stager.stash(self._entries)
             self.restage = False
 
     # -- decode's selection pipeline (staging.py) ----------------------------------------------
@@ -394,12 +393,16 @@ class SSALayer(CacheLayerMixin):
         finally:
             self.decode_steps -= 1
 
-    def install_selection(self, step: int) -> None:
-        """Before decode step ``step``: write the blocks selected two steps earlier into the
-        staging tier (their store reads ran meanwhile, on the stager's worker)."""
-        if self.stager is not None and self.stager.due is not None and step >= self.stager.due:
+    def install_selection(self) -> None:
+        """Write the blocks prepared at the previous step into the staging tier."""
+        if self.stager is not None:
             self.flush_sources()
-            self.stager.install(step)
+            self.stager.install()
+
+    def prepare_selection(self) -> None:
+        """Bring the blocks selected at the previous step from the store (host work, no wait)."""
+        if self.stager is not None:
+            self.stager.prepare()
 
     def flush_sources(self) -> None:
         """Add the mass static steps accumulated per slot to the cache's source mass (per
@@ -506,6 +509,7 @@ class SSALayer(CacheLayerMixin):
         sink, pin, heavy, _, _, window = self._spans(ring_used)
         out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
                                   k_new, v_new, scale, kernels)
+        self.stager.prepare()
         self.stager.install()
         summ, stage = self._spans(ring_used)[3:5]
         second = self._ranges_of((summ, stage))

@@ -6,10 +6,10 @@ three steps, each a call:
 
 1. :meth:`Stager.stash`: the chosen entries (``[3, H, k]``, fixed shape, made on the device)
    are copied to the host asynchronously;
-2. preparing (on a worker thread when the state is on a GPU): the entries become block ids;
-   blocks already staged keep their slots and the missing ones are read from the store into
-   a page-locked *mirror* of the staging tier, which a side stream copies to the device (the
-   compute stream does not wait for it);
+2. :meth:`Stager.prepare`: on the host the entries become block ids; blocks already staged
+   keep their slots and the missing ones are read from the store into a page-locked *mirror*
+   of the staging tier, which a side stream copies to the device (the compute stream does not
+   wait for it);
 3. :meth:`Stager.install`: the compute stream waits for that copy and writes the staging tier:
    un-rotated keys, values, positions, keys rotated to their effective positions, biases.
 
@@ -18,14 +18,11 @@ Decode spreads them over two tokens: the selection made with token ``t``'s query
 token ``t + 2`` on, so the host's part (2) runs while the GPU computes token ``t + 1``, and no
 decode step waits for the host or the PCIe bus. Decode already re-selects only once per
 ``decode_refresh`` tokens, so a selection two tokens old is the same kind of approximation
-(retrieval at a stride, as InfLLM and Quest do per chunk or per step). The step at which a
-selection is installed depends only on token counts, never on thread timing.
+(retrieval at a stride, as InfLLM and Quest do per chunk or per step).
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,19 +33,6 @@ from ssa_code.attention.scoring import expand_entries
 
 if TYPE_CHECKING:
     from ssa_code.attention.layer_state import SSALayer
-
-
-_WORKERS: ThreadPoolExecutor | None = None
-_WORKERS_LOCK = threading.Lock()
-
-
-def _workers() -> ThreadPoolExecutor:
-    """Threads that prepare decode's selections (store reads release the interpreter lock)."""
-    global _WORKERS
-    with _WORKERS_LOCK:
-        if _WORKERS is None:
-            _WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ssa-stage")
-        return _WORKERS
 
 
 def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -84,10 +68,8 @@ class Stager:
             self.installed_event = torch.cuda.Event()
         else:
             self.in_k, self.in_v, self.in_pos = self.host_k, self.host_v, self.host_pos
+        self.stashed = False
         self.ready = False
-        # The decode step from which the prepared selection may be installed (None: at once).
-        self.due: int | None = None
-        self._work: Future | None = None
 
     def device_tensors(self) -> list[torch.Tensor]:
         """The fixed device buffers this pipeline adds to the state (empty on CPU)."""
@@ -95,36 +77,26 @@ class Stager:
 
     # -- 1. stash ------------------------------------------------------------------------------
 
-    def stash(self, entries: torch.Tensor, due: int | None = None) -> None:
-        """Take ``entries [3, H, k]`` from :func:`~ssa_code.attention.scoring.top_entries` and start
-        preparing them; the blocks may be installed from decode step ``due`` on (None: at once).
+    def stash(self, entries: torch.Tensor) -> None:
+        """Take ``entries [3, H, k]`` from :func:`~ssa_code.attention.scoring.top_entries`; no wait.
 
-        A selection prepared before and not installed yet is installed first, so none is lost.
+        A selection stashed before and not yet prepared is replaced.
         """
-        self.wait()
-        if self.ready:
-            self.install(force=True)
         self.host_entries.copy_(entries, non_blocking=self.cuda)
-        self.due = due
         if self.cuda:
             self.stashed_event.record()
-            self._work = _workers().submit(self._prepare)
-        else:
-            self._prepare()
+        self.stashed = True
 
     # -- 2. prepare ----------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """Turn the stashed entries into block ids and stage them in the mirror (host work)."""
+        if not self.stashed:
+            return
+        self.stashed = False
         if self.cuda:
             self.stashed_event.synchronize()
         self.place(expand_entries(self.host_entries.numpy(), self.top_k))
-
-    def wait(self) -> None:
-        """Until the selection being prepared is in the mirror and on its way to the device."""
-        if self._work is not None:
-            work, self._work = self._work, None
-            work.result()
 
     def place(self, ids: np.ndarray) -> None:
         """Make the mirror hold blocks ``ids [H, top_k]`` (``-1`` = none) and send it to the device.
@@ -170,16 +142,11 @@ class Stager:
 
     # -- 3. install ----------------------------------------------------------------------------
 
-    def install(self, step: int | None = None, force: bool = False) -> None:
-        """Write the prepared blocks into the layer's staging tier (device work), if the decode
-        step about to run (``step``) has reached the selection's ``due`` step, or ``force``."""
-        if not force and self.due is not None and (step is None or step < self.due):
-            return
-        self.wait()
+    def install(self) -> None:
+        """Write the prepared blocks into the layer's staging tier (device work, no wait on the host)."""
         if not self.ready:
             return
         self.ready = False
-        self.due = None
         layer = self.layer
         st = slice(layer.STAGE, layer.STAGE + self.size)
         if self.cuda:
@@ -201,6 +168,7 @@ class Stager:
     def run_now(self, entries: torch.Tensor) -> None:
         """All three steps at once (prefill: the chunk attends to what its own queries chose)."""
         self.stash(entries)
+        self.prepare()
         self.install()
 
     def sync_from_layer(self) -> None:
@@ -211,5 +179,4 @@ class Stager:
         self.host_v.copy_(layer.v[:, st])
         self.host_pos.copy_(layer.pos[:, st])
         self.host_ids = layer.staged_ids.numpy().copy()
-        self.ready = False
-        self.due = None
+        self.stashed = self.ready = False
