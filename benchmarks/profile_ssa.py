@@ -29,35 +29,30 @@ PHASES = (
 )
 
 
+def _timed(owner, name: str, label: str, totals: dict) -> None:
+    """Replace ``owner.name`` by a wrapper adding its synchronised wall time to ``totals[label]``."""
+    fn = getattr(owner, name)
+
+    def timed(*a, **k):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        r = fn(*a, **k)
+        torch.cuda.synchronize()
+        totals[label] += time.perf_counter() - t
+        return r
+
+    setattr(owner, name, timed)
+
+
 def instrument(totals: dict) -> None:
     """Time each phase with a device synchronisation on both sides (nested phases count in both)."""
     for owner, names in PHASES:
         for name in names:
-            fn = getattr(owner, name)
-
-            def timed(*a, __fn=fn, __name=f"{owner.__name__}.{name}", **k):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                r = __fn(*a, **k)
-                torch.cuda.synchronize()
-                totals[__name] += time.perf_counter() - t
-                return r
-
-            setattr(owner, name, timed)
+            _timed(owner, name, f"{owner.__name__}.{name}", totals)
     import ssa_code.kernels as K
 
     for name in ("tier_attention", "tier_attention_mass", "score_blocks"):
-        fn = getattr(K, name)
-
-        def timed_k(*a, __fn=fn, __name=name, **k):
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            r = __fn(*a, **k)
-            torch.cuda.synchronize()
-            totals[__name] += time.perf_counter() - t
-            return r
-
-        setattr(K, name, timed_k)
+        _timed(K, name, name, totals)
 
 
 def decode_steps(model, cache, n: int) -> dict[str, list[float]]:

@@ -378,20 +378,17 @@ class SSALayer(CacheLayerMixin):
 
     # -- decode's selection pipeline (staging.py) ----------------------------------------------
 
-    def _selects(self) -> bool:
-        """Whether this decode step (``decode_steps`` counts it) observes mass and selects
-        blocks: once per ``decode_refresh`` tokens, and at the first token after the index
-        changed."""
+    def _selects(self, step: int | None = None) -> bool:
+        """Whether decode step ``step`` (default: the current one, ``decode_steps``) observes
+        mass and selects blocks: once per ``decode_refresh`` tokens, and at the first token
+        after the index changed."""
+        step = self.decode_steps if step is None else step
         return (self.stager is not None and self.index.n > 0
-                and (self.decode_steps % self.cfg.decode_refresh == 0 or self.restage))
+                and (step % self.cfg.decode_refresh == 0 or self.restage))
 
     def selects_next(self) -> bool:
         """Whether the next decode step is a selection step (:meth:`_selects`)."""
-        self.decode_steps += 1
-        try:
-            return self._selects()
-        finally:
-            self.decode_steps -= 1
+        return self._selects(self.decode_steps + 1)
 
     def install_selection(self) -> None:
         """Write the blocks prepared at the previous step into the staging tier."""
@@ -502,16 +499,14 @@ class SSALayer(CacheLayerMixin):
         if self.stager is None or self.index.n == 0:
             return tier_attention(q, self.k, self.v, self.bias, self._occupied_ranges(), k_new, v_new, scale,
                                   kernels)
-        self.restage = False
-        scores = self._scores(self._scoring_queries(q), scale, self.index.n)
-        self.stager.stash(top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold))
-        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
-        sink, pin, heavy, _, _, window = self._spans(ring_used)
+        self.stager.stash(self._chunk_entries(q, scale))
+        sink, pin, heavy, _, _, window = self._spans(self._ring_used())
         out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
                                   k_new, v_new, scale, kernels)
         self.stager.prepare()
         self.stager.install()
-        summ, stage = self._spans(ring_used)[3:5]
+        # After the install: the summaries' masks and the staging tier's count have changed.
+        summ, stage = self._spans(self._ring_used())[3:5]
         second = self._ranges_of((summ, stage))
         if second.shape[0]:
             out2, lse2 = tier_attention(q, self.k, self.v, self.bias, second, k_new, v_new, scale, kernels,
@@ -520,12 +515,18 @@ class SSALayer(CacheLayerMixin):
         return out, lse
 
     def _stage_chunk(self, q: torch.Tensor, scale: float) -> None:
-        """Prefill: the chunk attends to the blocks its own queries choose (one host round trip)."""
+        """Select with ``q`` and stage at once (one host round trip): a decode step that evicted."""
         if self.stager is None or self.index.n == 0:
             return
+        self.stager.run_now(self._chunk_entries(q, scale))
+
+    def _chunk_entries(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """The choice ``[3, H, k]`` of a chunk's queries (at most ``score_queries`` of them)."""
         self.restage = False
-        scores = self._scores(self._scoring_queries(q), scale, self.index.n)
-        self.stager.run_now(top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold))
+        return self._top_entries(self._scores(self._scoring_queries(q), scale, self.index.n))
+
+    def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
+        return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)
 
     def _scoring_queries(self, q: torch.Tensor) -> torch.Tensor:
         """At most ``score_queries`` of the chunk's queries ``[Hq, M, D]``: the last ``observe``
@@ -540,8 +541,7 @@ class SSALayer(CacheLayerMixin):
     def _decode_entries(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """Decode's choice ``[3, H, k]`` (fixed shapes, no host value: a CUDA graph can hold it)."""
         scores = self._scores(q, scale, self.index.capacity)
-        scores = scores.masked_fill(self.index.count[None, :] <= 0, NEG_INF)
-        return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)
+        return self._top_entries(scores.masked_fill(self.index.count[None, :] <= 0, NEG_INF))
 
     def _remask_staging(self) -> None:
         """Staged tokens also held by the pinned or heavy tier, or empty slots, get bias -inf;
@@ -587,9 +587,11 @@ class SSALayer(CacheLayerMixin):
                 (self.HEAVY, self.HEAVY + self.n_heavy), (self.SUMM, self.SUMM + self.summaries.n),
                 (self.STAGE, self.STAGE + self.n_stage), (self.WIN, self.WIN + ring_used)]
 
+    def _ring_used(self) -> int:
+        return min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
+
     def _occupied_ranges(self) -> torch.Tensor:
-        ring_used = min(self.cfg.ring, max(0, self.seen - self.cfg.sinks))
-        return self._ranges_of(self._spans(ring_used))
+        return self._ranges_of(self._spans(self._ring_used()))
 
     def _ranges_of(self, spans) -> torch.Tensor:
         """``[R, 2]`` int32 device tensor of the non-empty ``spans``; the last few are kept, so a
