@@ -56,17 +56,21 @@ def instrument(totals: dict) -> None:
 
 
 def decode_steps(model, cache, n: int) -> dict[str, list[float]]:
-    """Wall time of ``n`` decode tokens through the Decoder (CUDA graphs), grouped by step kind."""
+    """Wall time of ``n`` decode tokens through the Decoder (CUDA graphs), grouped by step kind
+    (graph or eager, ``-select`` for selection steps); each step is synchronised, so a step's
+    host work (staging's prepare) counts in full."""
     decoder = Decoder(model, cache)
     times: dict[str, list[float]] = collections.defaultdict(list)
     token = 11
     for _ in range(n):
         before = dict(decoder.steps)
+        selects = cache.layers[0].selects_next()
         torch.cuda.synchronize()
         t = time.perf_counter()
         logits = decoder(token)
         token = int(logits.argmax()) % 1000
-        times[next(k for k in decoder.steps if decoder.steps[k] != before[k])].append(time.perf_counter() - t)
+        kind = next(k for k in decoder.steps if decoder.steps[k] != before[k])
+        times[kind + ("-select" if selects else "")].append(time.perf_counter() - t)
     return times
 
 

@@ -142,6 +142,20 @@ class SSACache(Cache):
         for layer in self.layers:
             layer.advance_static()
 
+    def prepares_per_step(self) -> int:
+        """Layers whose pending selection a decode step prepares on the host (the first ones
+        at the step after the selection, the next ones a step later, and so on).
+
+        Preparing a selection (reading its new blocks from the store into the mirror, about a
+        millisecond a layer when every block is new) is host work that runs while the GPU
+        computes the step. Done for every layer in one step it outlasts that step many times
+        over; spread over the ``decode_refresh - 1`` steps before the next selection it hides
+        behind them. Layer ``l``'s selection made at token ``t`` then serves from token
+        ``t + 2 + l // prepares_per_step()`` on (the first layers first).
+        """
+        spread = max(1, self.ssa_config.decode_refresh - 1)
+        return max(1, -(-len(self.layers) // spread))
+
     # -- anchors ------------------------------------------------------------------------
 
     def pin(self, start: int, end: int) -> None:

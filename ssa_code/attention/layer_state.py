@@ -114,6 +114,7 @@ class SSALayer(CacheLayerMixin):
         self._src_acc: torch.Tensor | None = None
         self.restage = False
         self.decode_steps = 0
+        self._prepare_at = 0  # decode step from which the pending selection is prepared
         self._ranges_cache: dict[tuple, torch.Tensor] = {}
         # The static step's ranges live in one tensor for the life of the state: a captured
         # CUDA graph reads them from this address (see refresh_static_ranges).
@@ -253,7 +254,7 @@ class SSALayer(CacheLayerMixin):
             self.install_selection()
             self.prepare_selection()
         else:
-            self.decode_steps = 0
+            self.decode_steps = self._prepare_at = 0
         # Decode observes mass (heavy hitters, sources) and selects blocks on selection steps
         # only (once per decode_refresh tokens); prefill does both every chunk.
         selects = decode and self._selects()
@@ -277,8 +278,7 @@ class SSALayer(CacheLayerMixin):
             # from the next token on, as they do in prefill, at the cost of one host round trip.
             self._stage_chunk(q, scale)
         elif selects:
-            self.stager.stash(self._decode_entries(q, scale))
-            self.restage = False
+            self._stash_decode(self._decode_entries(q, scale))
         return out
 
     def _observe(self, q: torch.Tensor, lse: torch.Tensor, ranges: torch.Tensor, k_new: torch.Tensor,
@@ -368,13 +368,12 @@ class SSALayer(CacheLayerMixin):
 
     def advance_static(self) -> None:
         """Host bookkeeping of one plain decode step run by :meth:`_attend_static` (or its graph)."""
-        self.prepare_selection()
         self.decode_steps += 1
         self.seen += 1
+        self.prepare_selection()
         if self._selects():
             assert self.cache.static_selects
-            self.stager.stash(self._entries)
-            self.restage = False
+            self._stash_decode(self._entries)
 
     # -- decode's selection pipeline (staging.py) ----------------------------------------------
 
@@ -397,9 +396,17 @@ class SSALayer(CacheLayerMixin):
             self.stager.install()
 
     def prepare_selection(self) -> None:
-        """Bring the blocks selected at the previous step from the store (host work, no wait)."""
-        if self.stager is not None:
+        """Bring the blocks of the pending selection from the store (host work, no wait), once
+        it is due: the cache spreads this work over the steps up to the next selection
+        (:meth:`SSACache.prepares_per_step`), the first layers first."""
+        if self.stager is not None and self.decode_steps >= self._prepare_at:
             self.stager.prepare()
+
+    def _stash_decode(self, entries: torch.Tensor) -> None:
+        """Hand decode's choice to the staging pipeline and say when this layer prepares it."""
+        self.stager.stash(entries)
+        self.restage = False
+        self._prepare_at = self.decode_steps + 1 + self.layer_idx // self.cache.prepares_per_step()
 
     def flush_sources(self) -> None:
         """Add the mass static steps accumulated per slot to the cache's source mass (per

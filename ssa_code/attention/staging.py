@@ -14,11 +14,13 @@ three steps, each a call:
    un-rotated keys, values, positions, keys rotated to their effective positions, biases.
 
 Prefill runs the three back to back: each chunk attends to the blocks its own queries chose.
-Decode spreads them over two tokens: the selection made with token ``t``'s query serves from
-token ``t + 2`` on, so the host's part (2) runs while the GPU computes token ``t + 1``, and no
-decode step waits for the host or the PCIe bus. Decode already re-selects only once per
-``decode_refresh`` tokens, so a selection two tokens old is the same kind of approximation
-(retrieval at a stride, as InfLLM and Quest do per chunk or per step).
+Decode spreads them over the tokens up to the next selection: the selection made with token
+``t``'s query is prepared while the GPU computes a later token, a few layers per token
+(``SSACache.prepares_per_step``), and serves from the token after that on (``t + 2`` for the
+first layers, ``t + decode_refresh`` for the last). No decode step waits for the host or the
+PCIe bus, and no step carries the host work of every layer. Decode already re-selects only
+once per ``decode_refresh`` tokens, so a selection a few tokens old is the same kind of
+approximation (retrieval at a stride, as InfLLM and Quest do per chunk or per step).
 """
 
 from __future__ import annotations

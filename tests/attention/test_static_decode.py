@@ -82,26 +82,35 @@ def test_decoder_modes_are_checked():
     assert Decoder(model, cache).mode == "eager"  # CPU
 
 
-def test_a_selection_is_installed_two_tokens_later():
+def test_a_selection_is_installed_when_its_layer_is_due():
     """Decode's selection at token t (one per decode_refresh, and the first after prefill) is
-    written into the staging tier before token t + 2; eviction steps stage at once."""
-    model = tiny_model("llama")
+    written into the staging tier of layer l before token t + 2 + l // prepares_per_step (the
+    host work is spread over the steps up to the next selection); eviction steps stage at once."""
+    model = tiny_model("llama", num_hidden_layers=4)
     cfg = CFG.replace(top_k=2)
     patch(model, cfg)
     cache = SSACache(model.config, cfg)
     prefill(model, cache, torch.randint(0, 300, (1, 500), generator=torch.Generator().manual_seed(5)),
             chunk_size=cfg.chunk_size)
-    layer = cache.layers[0]
+    per_step = cache.prepares_per_step()
+    assert per_step == 2  # 4 layers over decode_refresh - 1 = 3 steps
     decoder = Decoder(model, cache, mode="static")
-    changed, evicted = [], []
+    changed = {i: [] for i in range(4)}
+    evicted = []
     for token in range(100):
-        ids, frontier = layer.staged_ids.clone(), layer.frontier
+        ids = [layer.staged_ids.clone() for layer in cache.layers]
+        frontier = cache.layers[0].frontier
         decoder(token)
-        step = layer.decode_steps
-        if layer.frontier != frontier:
+        step = cache.layers[0].decode_steps
+        if cache.layers[0].frontier != frontier:
             evicted.append(step)
-        elif not torch.equal(ids, layer.staged_ids):
-            changed.append(step)
-    assert evicted and changed
-    # Selections at step 1 (after prefill's eviction) and at multiples of decode_refresh.
-    assert all(s == 3 or s % cfg.decode_refresh == 2 or s - 2 in evicted for s in changed), (changed, evicted)
+            continue
+        for i, layer in enumerate(cache.layers):
+            if not torch.equal(ids[i], layer.staged_ids):
+                changed[i].append(step)
+    assert evicted and all(changed.values())
+    for i, steps in changed.items():
+        # Selections at step 1 (after prefill's eviction) and at multiples of decode_refresh.
+        lag = 2 + i // per_step
+        assert all(s == 1 + lag or s % cfg.decode_refresh == lag % cfg.decode_refresh or s - lag in evicted
+                   for s in steps), (i, steps, evicted)
