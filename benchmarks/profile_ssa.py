@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import collections
 import time
+import traceback
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -53,6 +56,26 @@ def instrument(totals: dict) -> None:
 
     for name in ("tier_attention", "tier_attention_mass", "score_blocks"):
         _timed(K, name, name, totals)
+
+
+def sync_sites(fn) -> collections.Counter:
+    """Run ``fn()`` with PyTorch's synchronisation warnings on; count each synchronising call
+    by its innermost ssa_code frames (a synchronisation drains the GPU's queue of work)."""
+    sites: collections.Counter = collections.Counter()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "ssa_code" in f.filename or "kernels" in f.filename]
+        sites[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sites
 
 
 def decode_steps(model, cache, n: int) -> dict[str, list[float]]:
@@ -102,6 +125,13 @@ def main() -> None:
         torch.cuda.synchronize()
         print(f"prefill (no instrumentation): {(time.perf_counter() - t) / args.profile_chunks * 1e3:.1f} ms "
               f"per chunk of {args.chunk}")
+        chunk = torch.randint(0, 1000, (1, args.chunk), device="cuda")
+        sites = sync_sites(lambda: forward_chunk(model, cache, chunk, pos, logits=False))
+        pos += args.chunk
+        print(f"synchronising calls in one prefill chunk: {sum(sites.values())} "
+              f"({sum(sites.values()) / args.layers:.1f} a layer)")
+        for site, n in sites.most_common(12):
+            print(f"  {n:5d}  {site}")
         times = decode_steps(model, cache, args.decode)
         pos = cache.get_seq_length()
         every = [x for v in times.values() for x in v]

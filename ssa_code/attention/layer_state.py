@@ -49,6 +49,13 @@ if TYPE_CHECKING:
 NEG_INF = float("-inf")
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host index tensor on ``device`` without a synchronising copy (through pinned memory)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class SSALayer(CacheLayerMixin):
     """The SSA state of one attention layer (batch size 1)."""
 
@@ -559,7 +566,7 @@ class SSALayer(CacheLayerMixin):
         pos = self.pos[:, sl]
         keep = (pos >= 0) & ~self._held_elsewhere(pos)
         self.bias[:, sl] = torch.where(keep, 0.0, NEG_INF)
-        self._mask_covered_summaries(self.staged_ids)
+        self._mask_covered_summaries()
 
     def _held_elsewhere(self, pos: torch.Tensor) -> torch.Tensor:
         """``pos [H, n]`` -> mask of positions present in this head's pinned or heavy slots."""
@@ -573,15 +580,17 @@ class SSALayer(CacheLayerMixin):
         idx = torch.searchsorted(held, pos.contiguous()).clamp(max=held.shape[1] - 1)
         return (held.gather(1, idx) == pos) & (pos >= 0)
 
-    def _mask_covered_summaries(self, ids: torch.Tensor) -> None:
-        """Summaries whose span holds a staged block would count those tokens twice: mask them."""
+    def _mask_covered_summaries(self) -> None:
+        """Summaries whose span holds a staged block would count those tokens twice: mask them.
+
+        The staged blocks are read from the staging tier's positions on the device (the first
+        slot of each block holds its first position, ``-1`` when empty): no host data, so no
+        synchronising copy."""
         n = self.summaries.n
         if n == 0:
             return
-        b, s0 = self.cfg.block_size, self.cfg.sinks
         log_n = self.summaries.count[:n].log()
-        ids_dev = ids.to(self.device)
-        start = torch.where(ids_dev >= 0, s0 + ids_dev * b, torch.full_like(ids_dev, -1))  # [H, K]
+        start = self.pos[:, self.STAGE:self.STAGE + self.n_stage:self.cfg.block_size]  # [H, K]
         lo, hi = self.summaries.lo[:n], self.summaries.hi[:n]
         covered = ((start[:, None, :] >= lo[None, :, None]) & (start[:, None, :] < hi[None, :, None])).any(-1)
         self.bias[:, self.SUMM:self.SUMM + n] = torch.where(covered, NEG_INF, log_n[None, :])
@@ -712,19 +721,22 @@ class SSALayer(CacheLayerMixin):
         # Anchors: pinned spans keep their tokens; the rest compete for the heavy-hitter tier.
         # Membership is decided on the host (spans are host data): no device synchronisation.
         pinned = self.cache.pinned.contains(torch.arange(lo, hi))
+        if not pinned.any():
+            if self.cfg.heavy:
+                self._update_heavy(k_raw, v, pos.expand(h, -1), mass)
+            return
         sel = pinned.nonzero().squeeze(1)
-        if sel.numel():
-            room = self.cfg.pinned - self.n_pin
-            take = sel[:room].to(dev)
-            self.cache.pinned_overflow += int(sel.numel() - min(room, sel.numel()))
-            if take.numel():
-                self._write_far(self.PIN + self.n_pin, k_raw[:, take], v[:, take], pos[take].expand(h, -1), 0.0,
-                                mass[:, take])
-                self.n_pin += int(take.numel())
+        room = self.cfg.pinned - self.n_pin
+        take = _to_device(sel[:room], dev)
+        self.cache.pinned_overflow += int(sel.numel() - min(room, sel.numel()))
+        if take.numel():
+            self._write_far(self.PIN + self.n_pin, k_raw[:, take], v[:, take], pos[take].expand(h, -1), 0.0,
+                            mass[:, take])
+            self.n_pin += int(take.numel())
         if self.cfg.heavy:
             cand = (~pinned).nonzero().squeeze(1)
             if cand.numel():
-                cand = cand.to(dev)
+                cand = _to_device(cand, dev)
                 self._update_heavy(k_raw[:, cand], v[:, cand], pos[cand].expand(h, -1), mass[:, cand])
 
     def _write_summaries(self) -> None:
@@ -735,7 +747,7 @@ class SSALayer(CacheLayerMixin):
         self._write_far(self.SUMM, self.summaries.key[:, :n], self.summaries.value[:, :n], pos,
                         self.summaries.count[:n].log()[None, :].expand(self.heads, n))
         # Fresh summary biases must still exclude the spans of the blocks staged now.
-        self._mask_covered_summaries(self.staged_ids)
+        self._mask_covered_summaries()
 
     def _update_heavy(self, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor) -> None:
         """Keep the ``heavy`` tokens of highest mass among current heavy hitters and the candidates."""
