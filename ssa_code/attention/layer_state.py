@@ -617,7 +617,8 @@ class SSALayer(CacheLayerMixin):
         if t is None:
             if len(self._ranges_cache) >= 8:
                 self._ranges_cache.pop(next(iter(self._ranges_cache)))
-            t = self._ranges_cache[key] = torch.tensor(key, dtype=torch.int32, device=self.device).reshape(-1, 2)
+            t = self._ranges_cache[key] = _to_device(torch.tensor(key, dtype=torch.int32).reshape(-1, 2),
+                                                     self.device)
         return t
 
     # -- 5. commit and evict ----------------------------------------------------------------
@@ -651,7 +652,10 @@ class SSALayer(CacheLayerMixin):
             self.k[:, dst] = k_new[:, src]
             self.v[:, dst] = v_new[:, src]
             self.pos[:, dst] = torch.arange(first, seen_new, device=self.device)
-            self.bias[:, dst] = 0.0
+            if isinstance(dst, slice):
+                self.bias[:, dst] = 0.0
+            else:
+                self.bias.index_fill_(1, dst, 0.0)  # no host value: no synchronisation
             self.mass[:, dst] = mass_new[:, src]
         self.frontier = new_frontier
         self.seen = seen_new
@@ -683,9 +687,11 @@ class SSALayer(CacheLayerMixin):
             parts_k.append(self.k[:, slots])
             parts_v.append(self.v[:, slots])
             parts_m.append(self.mass[:, slots])
-            self.pos[:, slots] = -1
-            self.bias[:, slots] = NEG_INF
-            self.mass[:, slots] = 0.0
+            # index_fill_, not `x[:, slots] = value`: that copies the value from the host and
+            # synchronises.
+            self.pos.index_fill_(1, slots, -1)
+            self.bias.index_fill_(1, slots, NEG_INF)
+            self.mass.index_fill_(1, slots, 0.0)
         if hi > p0:
             rel = slice(max(lo, p0) - p0, hi - p0)
             parts_k.append(k_new[:, rel])
