@@ -113,18 +113,17 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
     Returns ``[H, N]`` float32: ``max`` over the group's heads and the ``M`` queries of the
     log of the share of that query's attention (softmax over the keys of all ``N`` blocks)
     that falls on the block. A share per query row (not a raw logit) so that a query that
-    attends everywhere alike decides nothing. Memory: ``H * (Hq / H) * M * N`` floats besides
+    attends everywhere alike decides nothing. Memory: ``Hq * M * N`` floats besides
     one run of keys.
     """
     hq, m, d = q.shape
-    runs = iter(key_runs)
     lse: torch.Tensor | None = None
-    for first, k in runs:
+    for first, k in key_runs:
         h = k.shape[0]
         if lse is None:
-            lse = torch.full((h, hq // h * m, n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
+            qg = q.reshape(h, hq // h * m, d).float()  # [H, G * M, D]
+            lse = torch.full((h, qg.shape[1], n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
         n = k.shape[1] // block_size
-        qg = q.reshape(h, -1, d).float()  # [H, G * M, D]
         logits = torch.bmm(qg, k.float().transpose(1, 2)) * scale  # [H, G * M, n * B]
         # Per row and block: the log of the (unnormalised) attention mass the block receives.
         lse[:, :, first:first + n] = logits.view(h, -1, n, block_size).logsumexp(-1)
