@@ -77,6 +77,10 @@ class SSACache(Cache):
         self.pinned = PinnedSpans()
         self.pinned_overflow = 0
         self.track_sources = False
+        # Set by the caller for a question's chunks (prefill with more than one query): they choose
+        # their staged blocks by exact attention over the whole store instead of the index's
+        # bounds, and the answer keeps that choice (SSALayer._exact_select, scoring.py).
+        self.select_exact = False
         self._source_mass: torch.Tensor | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         # The static decode step (see SSALayer.static_step_ok): while static_mode is on, every

@@ -39,6 +39,11 @@ class SSAConfig:
         threshold: a block takes part only if its softmax share among the index entries
             (per KV head) is at least this; 0 keeps the top_k best. A learned threshold can
             replace it later.
+        exact_question: the engine's question chunk chooses its staged blocks by exact
+            attention of its last ``observe`` queries over every stored block (one read of
+            the store's keys per layer and question) instead of the index's bounds, and the
+            answer keeps them (``SSACache.select_exact``). On the tiny model the bounds rank a
+            needle's block about at chance; exact attention ranks it near the top.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -80,6 +85,7 @@ class SSAConfig:
     index_size: int = 8192
     top_k: int = 32
     threshold: float = 0.0
+    exact_question: bool = True
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -111,6 +117,8 @@ class SSAConfig:
         if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold < 1.0
                 and math.isfinite(self.threshold)):
             raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
+        if not isinstance(self.exact_question, bool):
+            raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
         if self.far_distance is not None and (
             not isinstance(self.far_distance, int) or self.far_distance <= 0
         ):

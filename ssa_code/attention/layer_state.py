@@ -17,7 +17,9 @@ A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
 
 1. re-rotate far keys if the chunk moved their effective positions (``positions.py``);
 2. score the index and stage the chosen blocks from the store (``scoring.py``, ``staging.py``,
-   ``store.py``); a decode step only installs the blocks chosen two tokens earlier;
+   ``store.py``); a decode step only installs the blocks chosen two tokens earlier; a
+   question's chunk (``SSACache.select_exact``) scores every stored block exactly instead, and
+   decode keeps its choice;
 3. attend over the occupied ranges of the buffer plus the chunk itself, causally
    (``ssa_code.kernels.tier_attention``);
 4. accumulate the observation window's attention mass (heavy hitters, citations), and in
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
@@ -39,7 +42,7 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import top_entries
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
 from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store
 
@@ -120,6 +123,8 @@ class SSALayer(CacheLayerMixin):
         # Attention mass per slot not yet added to the cache's source mass (static steps).
         self._src_acc: torch.Tensor | None = None
         self.restage = False
+        # The staging tier holds the question's exact choice (_exact_select): decode keeps it.
+        self.exact_staged = False
         self.decode_steps = 0
         self._prepare_at = 0  # decode step from which the pending selection is prepared
         self._ranges_cache: dict[tuple, torch.Tensor] = {}
@@ -141,6 +146,8 @@ class SSALayer(CacheLayerMixin):
     # -- saving and restoring ---------------------------------------------------------------
 
     COUNTERS = ("seen", "n_sink", "n_pin", "n_heavy", "n_stage", "frontier", "floor", "decode_steps")
+    # Counters a state file may lack (written before they existed), with the value they then take.
+    OPTIONAL_COUNTERS = {"exact_staged": 0}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {"k": self.k, "v": self.v, "k_raw": self.k_raw, "pos": self.pos, "eff": self.eff, "bias": self.bias,
@@ -156,7 +163,7 @@ class SSALayer(CacheLayerMixin):
         return out
 
     def counters(self) -> dict[str, int]:
-        out = {name: int(getattr(self, name)) for name in self.COUNTERS}
+        out = {name: int(getattr(self, name)) for name in (*self.COUNTERS, *self.OPTIONAL_COUNTERS)}
         out["summaries.n"] = self.summaries.n
         out["index.n"] = self.index.n
         return out
@@ -179,6 +186,8 @@ class SSALayer(CacheLayerMixin):
             target.copy_(t)
         for name in self.COUNTERS:
             setattr(self, name, int(counters[name]))
+        for name, default in self.OPTIONAL_COUNTERS.items():
+            setattr(self, name, type(getattr(self, name))(counters.get(name, default)))
         self.summaries.n = int(counters["summaries.n"])
         self.index.n = int(counters["index.n"])
         if "staged_ids" in store_parts:
@@ -410,9 +419,14 @@ class SSALayer(CacheLayerMixin):
             self.stager.prepare()
 
     def _stash_decode(self, entries: torch.Tensor) -> None:
-        """Hand decode's choice to the staging pipeline and say when this layer prepares it."""
-        self.stager.stash(entries)
+        """Hand decode's choice to the staging pipeline and say when this layer prepares it.
+
+        While the question's exact choice is staged (``exact_staged``) the bound scorer's choice
+        is dropped (a graph step scores the index all the same: its work is fixed)."""
         self.restage = False
+        if self.exact_staged:
+            return
+        self.stager.stash(entries)
         self._prepare_at = self.decode_steps + 1 + self.layer_idx // self.cache.prepares_per_step()
 
     def flush_sources(self) -> None:
@@ -506,19 +520,33 @@ class SSALayer(CacheLayerMixin):
         hitters, window) and the chunk itself are attended while the host turns the scores into
         blocks (the only host round trip of the step); then summaries (their masks follow the
         staged blocks) and the staged blocks, merged with the first pass through the lse.
+
+        A question's chunk (``SSACache.select_exact``) chooses its blocks after the first pass
+        by exact attention over the whole store instead (:meth:`_exact_select`), and marks the
+        staging tier ``exact_staged``: decode then keeps those blocks until the next prefill
+        chunk chooses again.
         """
         from ssa_code.kernels import merge_attention, tier_attention
 
         kernels = self.cfg.kernels
-        if self.stager is None or self.index.n == 0:
+        retrieves = self.stager is not None and self.index.n > 0 and self.store.num_blocks > 0
+        # A chunk chooses its own blocks: an exact choice made for an earlier question ends here.
+        self.exact_staged = retrieves and self.cache.select_exact
+        if not retrieves:
             return tier_attention(q, self.k, self.v, self.bias, self._occupied_ranges(), k_new, v_new, scale,
                                   kernels)
-        self.stager.stash(self._chunk_entries(q, scale))
+        if self.exact_staged:
+            self.restage = False
+        else:
+            self.stager.stash(self._chunk_entries(q, scale))
         sink, pin, heavy, _, _, window = self._spans(self._ring_used())
         out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
                                   k_new, v_new, scale, kernels)
-        self.stager.prepare()
-        self.stager.install()
+        if self.exact_staged:
+            self.stager.stage_now(self._exact_select(q, scale))
+        else:
+            self.stager.prepare()
+            self.stager.install()
         # After the install: the summaries' masks and the staging tier's count have changed.
         summ, stage = self._spans(self._ring_used())[3:5]
         second = self._ranges_of((summ, stage))
@@ -532,12 +560,52 @@ class SSALayer(CacheLayerMixin):
         """Select with ``q`` and stage at once (one host round trip): a decode step that evicted."""
         if self.stager is None or self.index.n == 0:
             return
+        if self.exact_staged:
+            # The question's exact choice stays through the answer (see _exact_select).
+            self.restage = False
+            return
         self.stager.run_now(self._chunk_entries(q, scale))
 
     def _chunk_entries(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """The choice ``[3, H, k]`` of a chunk's queries (at most ``score_queries`` of them)."""
         self.restage = False
         return self._top_entries(self._scores(self._scoring_queries(q), scale, self.index.n))
+
+    # Logits of one run of keys in _exact_select (float32 elements, 128 MiB).
+    EXACT_LOGITS = 1 << 25
+
+    def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
+        """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
+        queries (of ``q [Hq, M, D]``) over every stored block (:func:`exact_block_scores`,
+        :func:`pick_with_successors`).
+
+        Reads every stored key once (``H * B * D`` elements per block), one run of blocks at a
+        time (on the device with its logits, about ``EXACT_LOGITS`` of them), rotated to the
+        effective positions attention shows them at. Blocks whose every token the pinned or
+        heavy tier already holds are not chosen.
+        """
+        cfg, h, b = self.cfg, self.heads, self.cfg.block_size
+        inv = self.cache.inv_freq_on(self.device)
+        q = q[:, -cfg.observe:]
+        piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
+
+        def runs():
+            for first, k_raw in self.store.key_runs(piece):
+                n = k_raw.shape[0]
+                k = k_raw.to(self.device).transpose(0, 1).reshape(h, n * b, -1)
+                pos = cfg.sinks + torch.arange(first * b, (first + n) * b, device=self.device)
+                yield first, rotate(k, self._eff(pos), inv)
+
+        nb = self.store.num_blocks
+        scores = exact_block_scores(q, runs(), nb, b, scale)
+        held = torch.cat([self.pos[:, self.PIN:self.PIN + self.n_pin],
+                          self.pos[:, self.HEAVY:self.HEAVY + self.n_heavy]], dim=1)
+        if held.shape[1]:
+            # Tokens per block held at full resolution elsewhere (bucket nb: not a stored block).
+            blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
+            count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
+            scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
+        return pick_with_successors(scores, cfg.top_k)
 
     def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
         return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)

@@ -14,9 +14,20 @@ Selection is split in two so that decode never waits for it (see ``staging.py``)
 that holds the blocks lives.
 
 The scores come from ``ssa_code.kernels.score_blocks`` (Triton on CUDA, PyTorch elsewhere).
+
+Exact question-time selection (:func:`exact_block_scores`, :func:`pick_with_successors`):
+for the question chunk only (``SSACache.select_exact``), blocks are ranked by the attention
+the question's last ``observe`` queries would really give them, read from the whole store,
+instead of by the index's bounds. On the bundled tiny model (CPU, needle benchmark, issue 6)
+the bounds of a 64-token block ranked the needle's block about at chance in the heads that
+retrieve (34th-199th of 224), exact attention 0-45th. It costs one read of every stored
+key per layer and question, so decode never uses it: the answer keeps the question's blocks.
+Experimental: measured on the tiny model only.
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -85,3 +96,67 @@ def select_blocks(
         return torch.full((heads, top_k), -1, dtype=torch.int64)
     entries = top_entries(scores[:, :n_valid], lo[:n_valid], hi[:n_valid], top_k, threshold)
     return torch.from_numpy(expand_entries(entries.cpu().numpy(), top_k))
+
+
+def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tensor]], n_blocks: int,
+                       block_size: int, scale: float) -> torch.Tensor:
+    """Each stored block's largest share of one query's attention over all stored blocks.
+
+    Args:
+        q: ``[Hq, M, D]`` queries (a group of ``Hq / H`` query heads per KV head, as in
+            ``score_blocks``).
+        key_runs: ``(first block id, keys [H, n * B, D])`` covering blocks ``0 .. n_blocks - 1``
+            once each, on ``q``'s device, rotated to the positions attention shows them at.
+        n_blocks: ``N``, blocks in the store.
+        block_size: ``B``, tokens per block.
+
+    Returns ``[H, N]`` float32: ``max`` over the group's heads and the ``M`` queries of the
+    log of the share of that query's attention (softmax over the keys of all ``N`` blocks)
+    that falls on the block. A share per query row (not a raw logit) so that a query that
+    attends everywhere alike decides nothing. Memory: ``Hq * M * N`` floats besides
+    one run of keys.
+    """
+    hq, m, d = q.shape
+    lse: torch.Tensor | None = None
+    for first, k in key_runs:
+        h = k.shape[0]
+        if lse is None:
+            qg = q.reshape(h, hq // h * m, d).float()  # [H, G * M, D]
+            lse = torch.full((h, qg.shape[1], n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
+        n = k.shape[1] // block_size
+        logits = torch.bmm(qg, k.float().transpose(1, 2)) * scale  # [H, G * M, n * B]
+        # Per row and block: the log of the (unnormalised) attention mass the block receives.
+        lse[:, :, first:first + n] = logits.view(h, -1, n, block_size).logsumexp(-1)
+    if lse is None:
+        raise ValueError("key_runs is empty: there is no stored block to score")
+    return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
+
+
+def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
+    """``[H, N]`` block scores -> ``[H, top_k]`` block ids (``-1`` = none), on the host.
+
+    The best ``top_k // 2`` blocks (at least one), each followed by the block after it, then
+    the next best blocks until ``top_k`` distinct ids are chosen. The successor keeps a line
+    that straddles a block boundary (a needle's value after its key) whole. Scores of
+    ``-inf`` (blocks not worth staging) are never chosen.
+    """
+    h, n = scores.shape
+    out = np.full((h, top_k), -1, dtype=np.int64)
+    if n == 0 or top_k == 0:
+        return out
+    # The 2 * top_k best blocks are candidates enough: they alone hold top_k distinct ids.
+    best_s, best_i = torch.topk(scores.float(), min(n, 2 * top_k), dim=-1)
+    ok = torch.isfinite(best_s).cpu().numpy()
+    best = best_i.cpu().numpy()
+    finite = torch.isfinite(scores).cpu().numpy()
+    half = max(1, top_k // 2)
+    for head in range(h):
+        order = best[head][ok[head]]
+        pairs = []
+        for block in order[:half].tolist():
+            pairs.append(block)
+            if block + 1 < n and finite[head, block + 1]:
+                pairs.append(block + 1)
+        row = list(dict.fromkeys(pairs + order.tolist()))[:top_k]
+        out[head, : len(row)] = row
+    return out

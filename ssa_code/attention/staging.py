@@ -167,6 +167,13 @@ class Stager:
         if self.cuda:
             self.installed_event.record()
 
+    def stage_now(self, ids: np.ndarray) -> None:
+        """Stage blocks ``ids [H, top_k]`` at once (:meth:`place`, :meth:`install`); a selection
+        stashed and not yet prepared is dropped."""
+        self.stashed = False
+        self.place(ids)
+        self.install()
+
     def run_now(self, entries: torch.Tensor) -> None:
         """All three steps at once (prefill: the chunk attends to what its own queries chose)."""
         self.stash(entries)

@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -72,6 +73,12 @@ class BlockStore:
         (CPU tensors ``[R, B, D]``, page-locked when they feed a GPU; int64 arrays ``[n]``)."""
         raise NotImplementedError
 
+    def key_runs(self, piece: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Every stored block's keys in order, as ``(first block id, keys [n, H, B, D])`` runs of at
+        most ``piece`` blocks (CPU views of the store, no copy: keep or copy them before the next
+        append)."""
+        raise NotImplementedError
+
     def nbytes(self) -> int:
         return 0
 
@@ -89,6 +96,9 @@ class NoStore(BlockStore):
 
     def read_into(self, heads, ids, k_out, v_out, rows) -> None:
         raise RuntimeError("store='none' keeps no blocks to fetch")
+
+    def key_runs(self, piece: int) -> Iterator[tuple[int, torch.Tensor]]:
+        raise RuntimeError("store='none' keeps no blocks to read")
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -192,6 +202,18 @@ class _PagedStore(BlockStore):
             sel = pages == p
             ko[rows[sel]] = k_rows[p][src[sel]]
             vo[rows[sel]] = v_rows[p][src[sel]]
+
+    def key_runs(self, piece: int) -> Iterator[tuple[int, torch.Tensor]]:
+        # Runs never cross a page, so each is a slice of one page: a view, not a gather.
+        if piece <= 0:
+            raise ValueError(f"piece must be > 0 blocks, got {piece}")
+        self._flush()
+        first = 0
+        while first < self.num_blocks:
+            page, slot = divmod(first, PAGE_BLOCKS)
+            n = min(piece, PAGE_BLOCKS - slot, self.num_blocks - first)
+            yield first, self.k_pages[page][slot:slot + n]
+            first += n
 
     def _page_rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Numpy views ``[PAGE_BLOCKS * H, B * D]`` of the pages, made once per page."""

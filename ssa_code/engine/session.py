@@ -315,7 +315,13 @@ def run_query(
     t = time.perf_counter()
     q_ids = torch.tensor([prompt.suffix_ids], device=loaded.device)
     q_span = [(n_context, n_context + len(prompt.suffix_ids))]
-    logits = prefill(model, cache, q_ids, chunk_size=ssa_config.chunk_size, anchors=q_span)
+    # The question picks the blocks the answer reads by exact attention over the whole store
+    # (SSAConfig.exact_question); the flag is for its chunks only, the choice lasts the answer.
+    cache.select_exact = ssa_config.exact_question
+    try:
+        logits = prefill(model, cache, q_ids, chunk_size=ssa_config.chunk_size, anchors=q_span)
+    finally:
+        cache.select_exact = False
     logits = logits[0, -1] if logits.dim() == 3 else logits[-1] if logits.dim() == 2 else logits
     timings["question_s"] = time.perf_counter() - t
 

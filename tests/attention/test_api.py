@@ -28,6 +28,7 @@ def test_public_names():
 @pytest.mark.parametrize("field,value", [
     ("window", 0), ("window", 8), ("sinks", -1), ("block_size", 0), ("top_k", 1.5), ("threshold", 1.0),
     ("threshold", float("nan")), ("store", "cloud"), ("kernels", "cuda"), ("far_distance", 0), ("chunk_size", -4),
+    ("exact_question", 1),
 ])
 def test_bad_config_names_field_and_value(field, value):
     with pytest.raises(ValueError) as info:

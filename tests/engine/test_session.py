@@ -126,3 +126,30 @@ def test_pinned_budget_goes_to_extra_spans_then_headers_then_the_map_top():
     # Overlapping spans count once.
     spans, _ = choose_anchors(packed, [(1005, 1020)], 25)
     assert spans == [(1000, 1020), (2000, 2005)] and sum(e - s for s, e in spans) == 25
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_question_chooses_its_blocks_exactly(repo, packed, random_model_dir, tmp_path, monkeypatch, exact):
+    """SSAConfig.exact_question: the question's chunk (only) has select_exact set, and the answer
+    keeps the blocks it chose."""
+    import ssa_code.engine.session as session
+
+    real = session._prefill_fn()
+    calls = []
+
+    def recording_prefill(model, cache, ids, **kwargs):
+        calls.append((cache.select_exact, ids.shape[1]))
+        out = real(model, cache, ids, **kwargs)
+        calls[-1] += (cache,)
+        return out
+
+    monkeypatch.setattr(session, "_prefill_fn", lambda: recording_prefill)
+    loaded = load_model(ModelSpec(str(random_model_dir), "option"))
+    cfg = SSAConfig.from_name("small", exact_question=exact)
+    run_query(packed, Query("ask", "What does main return?"), loaded, cfg, GenerationConfig(max_new_tokens=5),
+              {"include": ()}, ui=QuietUI(), store=StateStore(tmp_path), reuse_state=False)
+    (repo_flag, _, cache), (question_flag, _, same) = calls
+    assert same is cache and repo_flag is False and question_flag is exact
+    assert cache.select_exact is False
+    assert all(layer.store.num_blocks > 0 for layer in cache.layers)
+    assert all(layer.exact_staged is exact for layer in cache.layers)
