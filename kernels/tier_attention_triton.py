@@ -76,14 +76,63 @@ def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
 
 
 @triton.jit
+def _merge_partials(O_PART, LSE_PART, OUT, LSE, row0, n_rows, kvh, M, N_Q, NUM_SPLITS,
+                    stride_oh, stride_om, stride_lh,
+                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    MERGE_ROWS: tl.constexpr, MERGE_SPLITS: tl.constexpr, INTERP: tl.constexpr):
+    """Merges the NUM_SPLITS partial (out, lse) of rows [row0, row0 + BLOCK_M) of KV head `kvh`
+    into OUT/LSE (flash-decoding's combine, run by the split that arrives last). Partials are
+    read [MERGE_SPLITS, MERGE_ROWS, HEAD_DIM] at a time with an online rescale across chunks,
+    so a decode block (7 rows, 33 splits) costs ceil(33 / MERGE_SPLITS) L2 round trips."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, MERGE_SPLITS)
+    row_end = tl.minimum(row0 + BLOCK_M, n_rows)
+    for r0 in range(row0, row_end, MERGE_ROWS):
+        rows = r0 + tl.arange(0, MERGE_ROWS)
+        row_ok = rows < row_end
+        rows_c = tl.minimum(rows, row_end - 1)
+        head = kvh * GROUP + rows_c // M
+        qm = rows_c % M
+        prow = head.to(tl.int64) * M + qm
+        # Finite start: chunks of empty splits (lse -inf) then weigh exp(-inf) = 0, not NaN.
+        m_run = tl.full([MERGE_ROWS], -1.0e30, dtype=tl.float32)
+        den = tl.zeros([MERGE_ROWS], dtype=tl.float32)
+        acc = tl.zeros([MERGE_ROWS, HEAD_DIM], dtype=tl.float32)
+        for s0 in range(0, NUM_SPLITS, MERGE_SPLITS):
+            s = s0 + offs_s
+            s_ok = s < NUM_SPLITS
+            idx = s.to(tl.int64)[:, None] * N_Q + prow[None, :]
+            # .cg: through L2, never a stale L1 line (the partials come from other SMs).
+            lse_b = tl.load(LSE_PART + idx, mask=s_ok[:, None], other=float("-inf"),
+                            cache_modifier=".cg")
+            o_b = tl.load(O_PART + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                          mask=s_ok[:, None, None], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(lse_b, 0))
+            alpha = tl.exp(m_run - m_new)
+            w = tl.exp(lse_b - m_new[None, :])
+            den = den * alpha + tl.sum(w, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o_b, 0)
+            m_run = m_new
+        # A row no split saw a key for (WITH_NEW off) has den 0: out 0, lse -inf, as unfused.
+        seen = den > 0.0
+        o = acc / tl.where(seen, den, 1.0)[:, None]
+        tl.store(OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om
+                 + offs_d[None, :], cast(o, OUT.dtype.element_ty, INTERP), mask=row_ok[:, None])
+        tl.store(LSE + head.to(tl.int64) * stride_lh + qm,
+                 tl.where(seen, m_run + tl.log(tl.where(seen, den, 1.0)), float("-inf")),
+                 mask=row_ok)
+
+
+@triton.jit
 def ssa_attn_fwd_kernel(
-    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART,
+    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART, COUNTERS,
     sm_scale, M, N_RANGES, NUM_SPLITS,
     stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
+    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True, FUSED: tl.constexpr = False,
+    MERGE_ROWS: tl.constexpr = 8, MERGE_SPLITS: tl.constexpr = 8,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
@@ -95,7 +144,15 @@ def ssa_attn_fwd_kernel(
     through the ranges' prefix sums (held in registers, RANGES_PAD >= N_RANGES entries), so the
     load pipeline never restarts at a range boundary and no tile is cut short by one; K/V rows
     are gathered (each row HEAD_DIM contiguous elements), as in paged attention. Otherwise one
-    loop per range (the prefill path, and the split path's previous form, kept to compare)."""
+    loop per range (the prefill path, and the split path's previous form, kept to compare).
+
+    SPLIT: each program writes its partial (out, lse) to O_PART/LSE_PART. FUSED: it then takes a
+    ticket (acq_rel atomic add) on the int32 counter of its (row block, KV head) in COUNTERS;
+    the program drawing the last ticket merges the block's partials into OUT/LSE and puts the
+    counter back to 0 for the next launch or graph replay (the "last block" pattern of CUDA's
+    threadFenceReduction sample and of serial split-K GEMMs). Otherwise a combine kernel merges.
+    Ordering: all threads' partial stores, then a CTA barrier, then one thread's release (the
+    atomic); the merging program reads after its acquire, through L2."""
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -208,6 +265,18 @@ def ssa_attn_fwd_kernel(
         prow = split.to(tl.int64) * n_q + head.to(tl.int64) * M + qm
         tl.store(O_PART + prow[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
         tl.store(LSE_PART + prow, lse, mask=row_ok)
+        if FUSED:
+            # Every thread of the program has stored before its one atomic is issued.
+            tl.debug_barrier()
+            counter = COUNTERS + pid_m * tl.num_programs(1) + kvh
+            ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+            if ticket == NUM_SPLITS - 1:
+                _merge_partials(O_PART, LSE_PART, OUT, LSE, pid_m * BLOCK_M, n_rows, kvh, M, n_q,
+                                NUM_SPLITS, stride_oh, stride_om, stride_lh, GROUP, HEAD_DIM,
+                                BLOCK_M, MERGE_ROWS, MERGE_SPLITS, INPUT_PRECISION == "interp")
+                # All splits of the block have drawn their tickets and the next launch is
+                # ordered after this one on the stream: a relaxed write suffices.
+                tl.atomic_xchg(counter, 0, sem="relaxed")
     else:
         o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, cast(o, OUT.dtype.element_ty, INPUT_PRECISION == "interp"), mask=row_ok[:, None])
@@ -344,13 +413,25 @@ _SPLIT_CONFIGS = _SPLIT_RANGES_CONFIGS + [
 ]
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
-_split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(
+# FUSED is in the key: the merge tail of the fused form may favour another config.
+_split_fwd = triton.autotune(
+    _SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
     ssa_attn_fwd_kernel)
 _split_ranges_fwd = triton.autotune(
-    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(ssa_attn_fwd_kernel)
+    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
+    ssa_attn_fwd_kernel)
 # How the split-K path walks the buffer keys: "flat" (one loop over the flattened key index) or
 # "ranges" (one loop per range, the form measured before it; kept for benchmarks/bench_kernels.py).
 KEY_LOOPS = ("flat", "ranges")
+# How the split-K partials are merged: "separate" (a second launch, the combine kernel) or
+# "fused" (the split arriving last merges, one launch). A one-launch merge measured slower on
+# the H200 once (commit 8052445, with the per-range loop; reverted in f268d15), so the default
+# stays "separate" until benchmarks/bench_kernels.py --only decode has compared the two again.
+COMBINES = ("separate", "fused")
+DEFAULT_COMBINE = "separate"
+# Partials the fused merge loads at once: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
+# elements (32 KB: 64 registers a thread at 4 warps).
+_MERGE_ELEMS = 8192
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -413,11 +494,36 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
     return block_m, max(1, splits)
 
 
+_COUNTERS: dict = {}
+
+
+def split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """The fused merge's tickets: int32, one per (row block, KV head), zero between launches
+    (the merging program resets its counter), cached per device and grown when a launch needs
+    more. Launches on one stream and CUDA-graph replays run one after the other and may share
+    it; two launches running at once on two streams of one device would draw each other's
+    tickets (not supported). The buffer is allocated outside graph capture: make one call at
+    these sizes before capturing (the autotuner needs one anyway)."""
+    index = device.index
+    if device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    key = (device.type, index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("tier_attention: the fused split-K counters must be allocated "
+                               "before CUDA graph capture; make one call at these sizes first")
+        buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                       key_loop="flat", with_new=True):
+                       key_loop="flat", with_new=True, combine=None):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
     contiguous. `num_splits` forces the split count (tests); None picks it from the sizes.
-    `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range."""
+    `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range.
+    `combine` (one of COMBINES, None: DEFAULT_COMBINE) selects how split-K partials are merged."""
     hq, m, d = q.shape
     hkv, cap, _ = k_buf.shape
     group = hq // hkv
@@ -454,13 +560,22 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     if splits == 1:
         dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
-        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy, lse,
                      float(scale), m, n_ranges, 1, *strides, SPLIT=False, **consts)
         return out, lse
     o_part = alloc((splits, hq, m, d), torch.float32, dev)
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
-    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
+    if (combine or DEFAULT_COMBINE) == "fused":
+        # BLOCK_M is fixed by the host on the split path (plan_splits), so the counter count is.
+        counters = split_counters(dev, triton.cdiv(n_rows, block_m) * hkv)
+        merge_rows = min(block_m, _pow2(n_rows), 16)
+        merge_splits = max(1, min(_pow2(splits), _MERGE_ELEMS // (merge_rows * d)))
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
+                     counters, float(scale), m, n_ranges, splits, *strides, SPLIT=True,
+                     FUSED=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits, **consts)
+        return out, lse
+    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part, lse,
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True, **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
@@ -474,20 +589,24 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                   key_loop="flat", with_new=True):
+                   key_loop="flat", with_new=True, combine=None):
     """Triton tier attention (see `ssa_code.kernels.tier_attention` for the contract).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
     the split-K path's previous per-range loop (benchmark comparison); `with_new=False` leaves
-    the chunk's own keys out (k_new, v_new then only give M).
+    the chunk's own keys out (k_new, v_new then only give M); `combine` "fused" merges the
+    split-K partials in the split kernel's last-arriving program instead of a second launch
+    (None: DEFAULT_COMBINE; see `split_counters` for its one-stream rule).
     """
     from .tier_attention_ref import check_tier_attention_args
 
     check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     if key_loop not in KEY_LOOPS:
         raise ValueError(f"key_loop {key_loop!r} is not one of {KEY_LOOPS}")
+    if combine is not None and combine not in COMBINES:
+        raise ValueError(f"combine {combine!r} is not one of {COMBINES}")
     if num_splits is not None and int(num_splits) < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     ranges = ranges.to(device=q.device, dtype=torch.int32).contiguous()
@@ -497,7 +616,7 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
     bias = _last_dim_contiguous(bias)
     return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits,
-                              key_loop, with_new)
+                              key_loop, with_new, combine)
 
 
 def tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):
