@@ -290,28 +290,37 @@ def ssa_attn_combine_kernel(
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     INTERP: tl.constexpr,
 ):
-    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding)."""
+    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding).
+    Up to SPLIT_BLOCK splits (decode's 33) are merged from one load of the lse and one of the
+    partial outputs, issued together: one memory round trip after launch, not one per chunk."""
     i = tl.program_id(0)
     head = i // M
     qm = i % M
     offs_s = tl.arange(0, SPLITS_PAD)
-    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=offs_s < NUM_SPLITS,
-                    other=float("-inf"))
+    offs_d = tl.arange(0, HEAD_DIM)
+    s_ok = offs_s < NUM_SPLITS
+    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=s_ok, other=float("-inf"))
+    if SPLITS_PAD <= SPLIT_BLOCK:
+        o_s = tl.load(O_PART + (offs_s.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
+                      mask=s_ok[:, None], other=0.0)
     # With the chunk's keys the last split holds the diagonal key and the max is finite; a pass
     # without them (WITH_NEW off) may see no key at all: shift by 0 then, giving out 0, lse -inf.
     mx_raw = tl.max(lse_s, 0)
     mx = tl.where(mx_raw > float("-inf"), mx_raw, 0.0)
-    den = tl.sum(tl.exp(lse_s - mx), 0)
-    offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
-        offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
-        ok = offs_b < NUM_SPLITS
-        lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
-        w = tl.exp(lse_b - mx)
-        o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
-                      mask=ok[:, None], other=0.0)
-        acc += tl.sum(w[:, None] * o_b, 0)
+    w_s = tl.exp(lse_s - mx)
+    den = tl.sum(w_s, 0)
+    if SPLITS_PAD <= SPLIT_BLOCK:
+        acc = tl.sum(w_s[:, None] * o_s, 0)
+    else:
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
+            offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
+            ok = offs_b < NUM_SPLITS
+            lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
+            w = tl.exp(lse_b - mx)
+            o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM
+                          + offs_d[None, :], mask=ok[:, None], other=0.0)
+            acc += tl.sum(w[:, None] * o_b, 0)
     seen = den > 0.0
     o = acc / tl.where(seen, den, 1.0)
     tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
@@ -429,6 +438,9 @@ KEY_LOOPS = ("flat", "ranges")
 # stays "separate" until benchmarks/bench_kernels.py --only decode has compared the two again.
 COMBINES = ("separate", "fused")
 DEFAULT_COMBINE = "separate"
+# Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
+# 4 warps for D 128); more go through its chunked loop.
+_COMBINE_SPLITS = 64
 # Partials the fused merge loads at once: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
 # elements (32 KB: 64 registers a thread at 4 warps).
 _MERGE_ELEMS = 8192
@@ -579,7 +591,7 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True, **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
-        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16,
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=_COMBINE_SPLITS,
         INTERP=interpreting(), num_warps=4)
     return out, lse
 

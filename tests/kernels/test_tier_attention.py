@@ -209,8 +209,10 @@ SPLIT_CASES = {
 }
 
 
+# 70 splits: more than the combine kernel merges from one load (64) and several chunks of the
+# fused merge.
 @pytest.mark.parametrize("combine", COMBINES)
-@pytest.mark.parametrize("splits", [1, 2, 5, 16])
+@pytest.mark.parametrize("splits", [1, 2, 5, 16, 70])
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
 def test_split_k_merge(case, splits, combine):
     """Forced split counts through the split-K path (partials + combine kernel or fused merge):
