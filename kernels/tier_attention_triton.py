@@ -133,6 +133,7 @@ def ssa_attn_fwd_kernel(
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True, FUSED: tl.constexpr = False,
     MERGE_ROWS: tl.constexpr = 8, MERGE_SPLITS: tl.constexpr = 8,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
@@ -152,7 +153,13 @@ def ssa_attn_fwd_kernel(
     counter back to 0 for the next launch or graph replay (the "last block" pattern of CUDA's
     threadFenceReduction sample and of serial split-K GEMMs). Otherwise a combine kernel merges.
     Ordering: all threads' partial stores, then a CTA barrier, then one thread's release (the
-    atomic); the merging program reads after its acquire, through L2."""
+    atomic); the merging program reads after its acquire, through L2.
+
+    LAUNCH_DEPENDENTS (combine "separate_pdl"): lets the combine kernel, launched with
+    programmatic dependent launch, start now; it waits (griddepcontrol.wait) for this grid to
+    finish and flush before reading the partials, so its launch overlaps this kernel."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -288,7 +295,7 @@ def ssa_attn_combine_kernel(
     O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
     stride_oh, stride_om, stride_lh,
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, WAIT_PRIMARY: tl.constexpr = False,
 ):
     """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding).
     Up to SPLIT_BLOCK splits (decode's 33) are merged from one load of the lse and one of the
@@ -299,6 +306,10 @@ def ssa_attn_combine_kernel(
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
     s_ok = offs_s < NUM_SPLITS
+    if WAIT_PRIMARY:
+        # Launched early (programmatic dependent launch): the split kernel's partials are
+        # complete and visible only after this wait.
+        tl.extra.cuda.gdc_wait()
     lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=s_ok, other=float("-inf"))
     if SPLITS_PAD <= SPLIT_BLOCK:
         o_s = tl.load(O_PART + (offs_s.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
@@ -436,7 +447,9 @@ KEY_LOOPS = ("flat", "ranges")
 # "fused" (the split arriving last merges, one launch). A one-launch merge measured slower on
 # the H200 once (commit 8052445, with the per-range loop; reverted in f268d15), so the default
 # stays "separate" until benchmarks/bench_kernels.py --only decode has compared the two again.
-COMBINES = ("separate", "fused")
+# "separate_pdl": the combine kernel with programmatic dependent launch (Hopper and later; as
+# "separate" under the interpreter), its launch overlapping the split kernel.
+COMBINES = ("separate", "fused", "separate_pdl")
 DEFAULT_COMBINE = "separate"
 # Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
 # 4 warps for D 128); more go through its chunked loop.
@@ -587,12 +600,15 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
                      counters, float(scale), m, n_ranges, splits, *strides, SPLIT=True,
                      FUSED=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits, **consts)
         return out, lse
+    pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and not interpreting()
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part, lse,
-                 float(scale), m, n_ranges, splits, *strides, SPLIT=True, **consts)
+                 float(scale), m, n_ranges, splits, *strides, SPLIT=True,
+                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
         HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=_COMBINE_SPLITS,
-        INTERP=interpreting(), num_warps=4)
+        INTERP=interpreting(), num_warps=4,
+        **(dict(WAIT_PRIMARY=True, launch_pdl=True) if pdl else {}))
     return out, lse
 
 

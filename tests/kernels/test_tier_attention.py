@@ -13,8 +13,11 @@ import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# How split-K partials are merged: a second (combine) launch, or the split that arrives last.
-COMBINES = ["separate", "fused"]
+# How split-K partials are merged: a second (combine) launch, or the split that arrives last;
+# "separate_pdl" (the combine launched early with programmatic dependent launch) is the
+# "separate" path under the interpreter, so it is run on CUDA only except in one test.
+COMBINES = ["separate", "fused"] + (["separate_pdl"] if HAS_CUDA else [])
+ALL_COMBINES = ["separate", "fused", "separate_pdl"]
 
 # (hq, hkv, m, cap, d, ranges, summaries, masked, num_splits): small sizes for the interpreter.
 CPU_CASES = {
@@ -97,7 +100,7 @@ def test_tier_attention_matches_reference(device, case, dtype, combine):
     assert_close_to_gold(f"{case} {dtype} lse", lse, gold_l, pt_l)
 
 
-@pytest.mark.parametrize("combine", COMBINES)
+@pytest.mark.parametrize("combine", ALL_COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_split_count_does_not_change_the_result(device, combine):
     """Split-K partials merged (combine kernel, or the last split) equal the single-pass result
