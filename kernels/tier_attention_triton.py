@@ -9,7 +9,10 @@ every head whose rows it holds and decode (M = 1) still fills a tensor-core tile
 short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023): each split
 takes an equal share of the flattened key index (all ranges concatenated), walks it in one loop
 of tiles whose rows are gathered from their slots (as paged attention gathers pages), and writes
-a partial (out, lse) in fp32; a small combine kernel merges them.
+a partial (out, lse) in fp32. The partials are merged (`combine`) by a small combine kernel
+("separate", the default), by the same kernel launched early with programmatic dependent launch
+("separate_pdl"), or by the split program that arrives last at a per-(row block, KV head)
+counter ("fused": the "last block" pattern of CUDA's threadFenceReduction sample, one launch).
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
@@ -22,7 +25,11 @@ head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a 
 (tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
 guess for Hopper (H100/H200), not yet measured. The flat key loop of the split-K path is
 tested on CPU and compiled offline for sm_90 only; its GPU timing against the per-range loop it
-replaced (`key_loop="ranges"`) is pending (benchmarks/KERNELS_NOTES.md).
+replaced (`key_loop="ranges"`) is pending (benchmarks/KERNELS_NOTES.md). The "fused" and
+"separate_pdl" merges are tested on CPU (where the interpreter runs programs one after another,
+so the last split always merges, and PDL is off) and compiled offline for sm_90; their GPU
+correctness tests and timings are pending (an earlier one-launch merge measured slower, see
+the notes).
 """
 from __future__ import annotations
 
