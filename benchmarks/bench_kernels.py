@@ -451,6 +451,18 @@ def bench_decode(n_slots, copy_gbps):
                                                            rep=20) / reps
                     except Exception as e:  # out of shared memory or registers on this card
                         print(f"config {config_name(c)}: {type(e).__name__}: {e}"[:200], flush=True)
+        # The fused merge's load size: [splits, 8 rows, 128] fp32 chunks of 8K elements (8
+        # splits: 5 dependent L2 round trips at 33 splits, 142 registers on sm_90) or 16K (16
+        # splits: 3 round trips, 216-248 registers, no spill).
+        merge_sweep = {}
+        if combine == "fused" and not ARGS.no_sweep and not SMOKE:
+            saved = TA._MERGE_ELEMS
+            try:
+                for elems in (8192, 16384):
+                    TA._MERGE_ELEMS = elems
+                    merge_sweep[elems] = timeit(rotating(call, copies), graph=True, rep=20) / reps
+            finally:
+                TA._MERGE_ELEMS = saved
         row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
                "splits": planned, "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
@@ -460,7 +472,7 @@ def bench_decode(n_slots, copy_gbps):
                "copy_same_GBps": nbytes / cp_warm / 1e6,
                "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
                "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
-               "config_sweep_ms_cold": cfg_sweep,
+               "config_sweep_ms_cold": cfg_sweep, "merge_elems_sweep_ms_cold": merge_sweep,
                "best_ms_cold": sweep.get(best, ms_cold),
                "sdpa_ms_graph": ms_sdpa, "sdpa_GBps": 2 * HKV * n_slots * D * 2 / ms_sdpa / 1e6}
         row["frac_of_copy"] = row["GBps"] / copy_gbps
@@ -474,6 +486,10 @@ def bench_decode(n_slots, copy_gbps):
         print(f"decode {n_slots} slots {key_loop} {combine}: planned {planned} splits "
               f"{ms_cold * 1e3:.1f} us cold; " + (f"sweep {swept} us; best {best}" if sweep
                                                    else "no sweep"), flush=True)
+        if merge_sweep:
+            print(f"decode {n_slots} slots {key_loop} fused: merge elements sweep (cold) "
+                  + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in merge_sweep.items()) + " us",
+                  flush=True)
         if cfg_sweep:
             print(f"decode {n_slots} slots {key_loop} {combine}: config sweep (cold, {planned} "
                   "splits) " + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in cfg_sweep.items())
