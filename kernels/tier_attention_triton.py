@@ -527,6 +527,7 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
 
 
 _COUNTERS: dict = {}
+_RETIRED_COUNTERS: list = []
 
 
 def split_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -546,6 +547,9 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
             raise RuntimeError("tier_attention: the fused split-K counters must be allocated "
                                "before CUDA graph capture; make one call at these sizes first")
         buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+        # A smaller buffer replaced here may be baked into a captured CUDA graph: never free it.
+        if key in _COUNTERS:
+            _RETIRED_COUNTERS.append(_COUNTERS[key])
         _COUNTERS[key] = buf
     return buf
 
