@@ -635,9 +635,10 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
     the split-K path's previous per-range loop (benchmark comparison); `with_new=False` leaves
-    the chunk's own keys out (k_new, v_new then only give M); `combine` "fused" merges the
-    split-K partials in the split kernel's last-arriving program instead of a second launch
-    (None: DEFAULT_COMBINE; see `split_counters` for its one-stream rule).
+    the chunk's own keys out (k_new, v_new then only give M); `combine` (one of COMBINES, None:
+    DEFAULT_COMBINE) picks how split-K partials are merged: "separate" (combine kernel),
+    "separate_pdl" (the same, launched with programmatic dependent launch) or "fused" (the
+    split kernel's last-arriving program; see `split_counters` for its one-stream rule).
     """
     from .tier_attention_ref import check_tier_attention_args
 
