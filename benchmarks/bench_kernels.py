@@ -15,7 +15,10 @@ First every kernel is checked against its PyTorch reference on the device at rea
 - decode (M = 1) at 8K-128K slots, the buffer laid out like the real six-tier buffer (sinks,
   pinned, heavy hitters, summaries, staging, window ring: six ranges in buffer order with the
   unfilled part of each tier between them), for both loops of the split-K kernel over the
-  attended keys (`key_loop` "flat", used, and "ranges", the per-range loop it replaced):
+  attended keys (`key_loop` "flat", used, and "ranges", the per-range loop it replaced) and
+  the merges of the split partials (`combine` "separate": a second launch, the combine
+  kernel; "fused": the split arriving last merges, one launch; "separate_pdl": the combine
+  kernel launched early with programmatic dependent launch):
   achieved bandwidth (K and V of all attended slots read
   once, plus the bias), timed in a CUDA graph (do_bench_cudagraph) two ways: warm (the same
   inputs every call: below the L2 size they stay in L2, as in the first measurements) and cold
@@ -23,8 +26,9 @@ First every kernel is checked against its PyTorch reference on the device at rea
   layers do). Judged against two copies timed the same way: the card's large-copy bandwidth
   (2 GiB) and a device-to-device copy moving the same number of bytes as the decode reads (half
   read, half written), so small sizes are compared with what the card does at that size. Then
-  a sweep of the forced split count (cold), whose best values feed `plan_splits`, and the eager
-  time (with Python dispatch).
+  a sweep of the forced split count (cold), whose best values feed `plan_splits`, a sweep of
+  the split kernel's autotune configs (BLOCK_N, warps, stages; cold, planned splits; flat loop),
+  and the eager time (with Python dispatch).
 - score_blocks: M queries against N = 16K index entries, TFLOP/s (2 * Hq * M * N * D / t).
 Prints a markdown table last and writes JSON to $OUT/bench_kernels.json (OUT defaults to /tmp).
 """
@@ -55,9 +59,16 @@ def parse_args(argv=None):
                     help="attended slots of the decode cases (default 8K, 12416 (the default "
                          "SSAConfig's buffer), 16K, 32K, 64K, 128K; --quick: 8K, 128K)")
     ap.add_argument("--no-sweep", action="store_true",
-                    help="decode: skip the forced split-count sweep")
+                    help="decode: skip the forced split-count and config sweeps")
+    ap.add_argument("--key-loop", action="append", choices=("flat", "ranges"), dest="key_loops",
+                    help="decode: split-K key loop(s) to time (repeatable; default both)")
+    ap.add_argument("--combine", action="append", choices=("separate", "fused", "separate_pdl"),
+                    dest="combines",
+                    help="decode: merge(s) of the split partials to time (repeatable; default all)")
     args = ap.parse_args(argv)
     args.only = tuple(x for x in SECTIONS if x in (args.only or SECTIONS))
+    args.key_loops = tuple(args.key_loops or ("flat", "ranges"))
+    args.combines = tuple(args.combines or ("separate", "fused", "separate_pdl"))
     return args
 
 
@@ -115,7 +126,8 @@ def sync():
 # block_size, ring = window + block_size): 12416 slots a layer.
 TIERS = (("sinks", 64), ("pinned", 4096), ("heavy", 1024), ("summaries", 1024), ("staging", 2048),
          ("ring", 4160))
-KEY_LOOPS = ("flat", "ranges")
+# Decode variants timed: (key loop, merge of the split partials).
+VARIANTS = [(k, c) for k in ARGS.key_loops for c in ARGS.combines]
 
 
 def tier_layout(n_slots, seed):
@@ -204,19 +216,38 @@ def check(name, out, gold, pt):
 
 
 def check_decode_loops():
-    """Both split-K key loops on the six-tier decode layout, planned and forced split counts."""
+    """Every decode variant (key loop x merge) on the six-tier decode layout, planned and forced
+    split counts, and the no-key case of a buffer-only pass (out 0, lse -inf)."""
     for n_slots in ([700] if SMOKE else [12416, 32768]):
         inp = tier_layout(n_slots, seed=n_slots + 1)
         scale = D ** -0.5
         gold_o, gold_l = tier_attention_ref(*inp, scale, compute_dtype=torch.float32,
                                             out_dtype=torch.float32)
         pt_o, pt_l = tier_attention_ref(*inp, scale, compute_dtype=DT)
-        for key_loop in KEY_LOOPS:
+        for key_loop, combine in VARIANTS:
             for splits in (None, 7):
-                out, lse = TA.tier_attention(*inp, scale, num_splits=splits, key_loop=key_loop)
-                what = f"decode six tiers slots={n_slots} {key_loop} splits={splits or 'planned'}"
+                try:
+                    out, lse = TA.tier_attention(*inp, scale, num_splits=splits,
+                                                 key_loop=key_loop, combine=combine)
+                except Exception as e:  # recorded as a failed check; the other variants go on
+                    msg = f"{type(e).__name__}: {e}"[:300]
+                    CHECKS.append({"check": f"decode {key_loop} {combine} runs", "pass": False,
+                                   "error": msg})
+                    print(f"FAIL decode {key_loop} {combine} splits={splits}: {msg}", flush=True)
+                    continue
+                what = (f"decode six tiers slots={n_slots} {key_loop} {combine} "
+                        f"splits={splits or 'planned'}")
                 check(f"{what} out", out, gold_o, pt_o)
                 check(f"{what} lse", lse, gold_l, pt_l)
+            # A buffer-only pass over masked slots sees no key: out 0, lse -inf.
+            q, k_buf, v_buf, bias, r, k_new, v_new = inp
+            s, e = r[-1].tolist()
+            masked = torch.tensor([[e - (e - s) // 8, e]], dtype=torch.int32, device=q.device)
+            out, lse = TA.tier_attention(q, k_buf, v_buf, bias, masked, k_new, v_new, scale,
+                                         key_loop=key_loop, with_new=False, combine=combine)
+            ok = bool(torch.isneginf(lse).all()) and bool((out == 0).all())
+            CHECKS.append({"check": f"decode no key {key_loop} {combine}", "pass": ok})
+            print(f"{'PASS' if ok else 'FAIL'} decode no key seen {key_loop} {combine}", flush=True)
 
 
 def run_checks():
@@ -334,13 +365,47 @@ def split_candidates(n_slots):
     return [c for c in cands if c <= n_slots // 64]
 
 
-def decode_call(key_loop, splits=None):
-    """fn(inputs) running one decode step with this key loop and split count (None: planned)."""
-    return lambda x: TA.tier_attention(*x, D ** -0.5, num_splits=splits, key_loop=key_loop)
+def decode_call(key_loop, combine, splits=None):
+    """fn(inputs) running one decode step with this key loop, merge and split count (None:
+    planned)."""
+    return lambda x: TA.tier_attention(*x, D ** -0.5, num_splits=splits, key_loop=key_loop,
+                                       combine=combine)
+
+
+class forced_config:
+    """Runs an autotuned kernel with one config only (a benchmark sweep), then restores it."""
+
+    def __init__(self, tuner, config):
+        self.tuner, self.config = tuner, config
+
+    def __enter__(self):
+        self.saved = (self.tuner.configs, dict(self.tuner.cache))
+        self.tuner.configs = [self.config]
+        self.tuner.cache.clear()
+
+    def __exit__(self, *exc):
+        self.tuner.configs = self.saved[0]
+        self.tuner.cache.clear()
+        self.tuner.cache.update(self.saved[1])
+
+
+def config_name(c):
+    return f"N{c.kwargs['BLOCK_N']}w{c.num_warps}s{c.num_stages}"
+
+
+# Split-kernel configs the decode config sweep times: the autotune space and a few beside it
+# (a shallower/deeper pipeline, BLOCK_N 32, 8 warps).
+def sweep_configs():
+    if SMOKE:
+        return []
+    extra = [triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=4),
+             triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=5),
+             triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3)]
+    return list(TA._SPLIT_CONFIGS) + ([] if ARGS.quick else extra)
 
 
 def bench_decode(n_slots, copy_gbps):
-    """Both key loops at one size on the six-tier layout: one row each."""
+    """Every decode variant (key loop x merge) at one size on the six-tier layout: a row each."""
     inp = tier_layout(n_slots, seed=n_slots)
     nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
     reps = n_copies(nbytes)
@@ -359,18 +424,46 @@ def bench_decode(n_slots, copy_gbps):
     ms_sdpa = timeit(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), graph=True)
     del k, v
     rows = {}
-    for key_loop in KEY_LOOPS:
+    for key_loop, combine in VARIANTS:
         # What the model calls for key_loop "flat" (plan_splits picks the split count).
-        call = decode_call(key_loop)
-        ms_warm = timeit(functools.partial(call, inp), graph=True)
+        call = decode_call(key_loop, combine)
+        try:
+            ms_warm = timeit(functools.partial(call, inp), graph=True)
+        except Exception as e:  # e.g. programmatic dependent launch unsupported here
+            msg = f"{type(e).__name__}: {e}"[:300]
+            print(f"decode {n_slots} slots {key_loop} {combine}: FAILED {msg}", flush=True)
+            ROWS.append({"op": "decode_error", "key_loop": key_loop, "combine": combine,
+                         "slots": n_slots, "error": msg})
+            continue
         ms_cold = timeit(rotating(call, copies), graph=True) / reps
         ms_eager = timeit(functools.partial(call, inp))
         sweep = {}
         for splits in ([] if ARGS.no_sweep else split_candidates(n_slots)):
-            sweep[splits] = timeit(rotating(decode_call(key_loop, splits), copies),
+            sweep[splits] = timeit(rotating(decode_call(key_loop, combine, splits), copies),
                                    graph=True, rep=20) / reps
         best = min(sweep, key=sweep.get) if sweep else planned
-        row = {"op": "decode", "key_loop": key_loop, "slots": n_slots,
+        cfg_sweep = {}
+        if key_loop == "flat" and not ARGS.no_sweep:
+            for c in sweep_configs():
+                with forced_config(TA._split_fwd, c):
+                    try:
+                        cfg_sweep[config_name(c)] = timeit(rotating(call, copies), graph=True,
+                                                           rep=20) / reps
+                    except Exception as e:  # out of shared memory or registers on this card
+                        print(f"config {config_name(c)}: {type(e).__name__}: {e}"[:200], flush=True)
+        # The fused merge's load size: [splits, 8 rows, 128] fp32 chunks of 8K elements (8
+        # splits: 5 dependent L2 round trips at 33 splits, 142 registers on sm_90) or 16K (16
+        # splits: 3 round trips, 216-248 registers, no spill).
+        merge_sweep = {}
+        if combine == "fused" and not ARGS.no_sweep and not SMOKE:
+            saved = TA._MERGE_ELEMS
+            try:
+                for elems in (8192, 16384):
+                    TA._MERGE_ELEMS = elems
+                    merge_sweep[elems] = timeit(rotating(call, copies), graph=True, rep=20) / reps
+            finally:
+                TA._MERGE_ELEMS = saved
+        row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
                "splits": planned, "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
                "ms_eager": ms_eager, "GBps": nbytes / ms_warm / 1e6,
@@ -379,6 +472,7 @@ def bench_decode(n_slots, copy_gbps):
                "copy_same_GBps": nbytes / cp_warm / 1e6,
                "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
                "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
+               "config_sweep_ms_cold": cfg_sweep, "merge_elems_sweep_ms_cold": merge_sweep,
                "best_ms_cold": sweep.get(best, ms_cold),
                "sdpa_ms_graph": ms_sdpa, "sdpa_GBps": 2 * HKV * n_slots * D * 2 / ms_sdpa / 1e6}
         row["frac_of_copy"] = row["GBps"] / copy_gbps
@@ -386,17 +480,34 @@ def bench_decode(n_slots, copy_gbps):
         row["frac_of_same_copy"] = row["GBps"] / row["copy_same_GBps"]
         row["frac_of_same_copy_cold"] = row["GBps_cold"] / row["copy_same_GBps_cold"]
         ROWS.append(row)
-        rows[key_loop] = row
+        rows[key_loop, combine] = row
         print(row, flush=True)
         swept = ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in sweep.items())
-        print(f"decode {n_slots} slots {key_loop}: planned {planned} splits {ms_cold * 1e3:.1f} us "
-              f"cold; " + (f"sweep {swept} us; best {best}" if sweep else "no sweep"), flush=True)
+        print(f"decode {n_slots} slots {key_loop} {combine}: planned {planned} splits "
+              f"{ms_cold * 1e3:.1f} us cold; " + (f"sweep {swept} us; best {best}" if sweep
+                                                   else "no sweep"), flush=True)
+        if merge_sweep:
+            print(f"decode {n_slots} slots {key_loop} fused: merge elements sweep (cold) "
+                  + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in merge_sweep.items()) + " us",
+                  flush=True)
+        if cfg_sweep:
+            print(f"decode {n_slots} slots {key_loop} {combine}: config sweep (cold, {planned} "
+                  "splits) " + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in cfg_sweep.items())
+                  + " us", flush=True)
     del copies
-    f, r = rows["flat"], rows["ranges"]
-    print(f"decode {n_slots} slots, cold, planned {planned} splits: flat {f['ms_graph_cold'] * 1e3:.1f}"
-          f" us ({f['frac_of_copy_cold']:.2f} of copy) vs ranges {r['ms_graph_cold'] * 1e3:.1f} us "
-          f"({r['frac_of_copy_cold']:.2f}): {r['ms_graph_cold'] / f['ms_graph_cold']:.2f}x; warm "
-          f"flat {f['ms_graph'] * 1e3:.1f} vs ranges {r['ms_graph'] * 1e3:.1f} us", flush=True)
+    # One summary line: every variant, cold and warm, against the copies.
+    parts = [f"{k} {c} {r['ms_graph_cold'] * 1e3:.1f} us ({r['frac_of_copy_cold']:.2f} of copy, "
+             f"{r['frac_of_same_copy_cold']:.2f} of same-size copy; warm {r['ms_graph'] * 1e3:.1f})"
+             for (k, c), r in rows.items()]
+    line = f"decode {n_slots} slots, cold, planned {planned} splits: " + "; ".join(parts)
+    sep = rows.get(("flat", "separate"))
+    for other in ("fused", "separate_pdl"):
+        r = rows.get(("flat", other))
+        if sep and r:
+            line += (f"; flat {other}/separate cold {r['ms_graph_cold'] / sep['ms_graph_cold']:.2f}"
+                     f", warm {r['ms_graph'] / sep['ms_graph']:.2f}")
+    line += f"; same-size copy cold {cp_cold * 1e3:.1f} us, SDPA warm {ms_sdpa * 1e3:.1f} us"
+    print(line, flush=True)
 
 
 def bench_score(m, n):
@@ -433,7 +544,7 @@ def table():
                          f"{r['ratio']:.2f} (target >= 0.8) |")
         elif r["op"] == "decode":
             lines.append(
-                f"| decode {r['key_loop']} | M=1 slots={r['slots']} ({r['bytes'] / 1e6:.0f} MB, "
+                f"| decode {r['key_loop']} {r['combine']} | M=1 slots={r['slots']} ({r['bytes'] / 1e6:.0f} MB, "
                 f"{len(r['ranges'])} ranges), {r['splits']} splits | warm {r['ms_graph'] * 1e3:.1f} us, cold {r['ms_graph_cold'] * 1e3:.1f}"
                 f" us (eager {r['ms_eager'] * 1e3:.0f} us) | warm {r['GBps']:.0f}, cold "
                 f"{r['GBps_cold']:.0f} GB/s | copy {r['copy_GBps']:.0f} GB/s; same-size copy "
@@ -442,6 +553,9 @@ def table():
                 f"cold {r['frac_of_copy_cold']:.2f}; of same-size copy: warm "
                 f"{r['frac_of_same_copy']:.2f}, cold {r['frac_of_same_copy_cold']:.2f} "
                 f"(target >= 0.7) |")
+        elif r["op"] == "decode_error":
+            lines.append(f"| decode {r['key_loop']} {r['combine']} | slots={r['slots']} | failed |"
+                         f" {r['error'][:80]} | | |")
         elif r["op"] == "score_blocks":
             lines.append(f"| score_blocks | M={r['M']} N={r['N']} | {r['ms']:.3f} | "
                          f"{r['TFLOPs']:.0f} TFLOP/s | torch ref {r['torch_ref_ms']:.3f} ms | "
@@ -452,6 +566,23 @@ def table():
     return "\n".join(lines)
 
 
+def save(name, t0):
+    """Writes what has been measured so far to $OUT/bench_kernels.json (after every decode size
+    too, so a run cut short by a time limit keeps its finished rows)."""
+    out_dir = os.environ.get("OUT", "/tmp")
+    os.makedirs(out_dir, exist_ok=True)
+    result = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
+              "quick": ARGS.quick, "smoke": SMOKE, "only": list(ARGS.only),
+              "decode_variants": VARIANTS, "copy_GBps": COPY.get("GBps"),
+              "l2_bytes": l2_bytes(), "checks": CHECKS,
+              "rows": ROWS, "seconds": time.time() - t0}
+    with open(os.path.join(out_dir, "bench_kernels.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+COPY = {}
+
+
 def main():
     t0 = time.time()
     name = "cpu (Triton interpreter)" if SMOKE else torch.cuda.get_device_name()
@@ -460,6 +591,7 @@ def main():
     run_checks()
     print(f"checks done at {time.time() - t0:.0f} s", flush=True)
     copy_gbps, copy_ms = copy_bandwidth()
+    COPY["GBps"] = copy_gbps
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s", flush=True)
     if SMOKE:
         prefill, decode, score, mass = [(64, 256)], [700], [(32, 256)], [(64, 300, 16)]
@@ -479,29 +611,22 @@ def main():
         bench_prefill(m, nk)
     for n in (decode if "decode" in ARGS.only else []):
         bench_decode(n, copy_gbps)
+        save(name, t0)
     dec = [r for r in ROWS if r["op"] == "decode"]
     if dec:
         print("best forced split count per decode size (cold): "
-              + ", ".join(f"{r['slots']} {r['key_loop']}: {r['best_splits']} "
+              + ", ".join(f"{r['slots']} {r['key_loop']} {r['combine']}: {r['best_splits']} "
                           f"({r['best_ms_cold'] * 1e3:.1f} us; planned {r['splits']})" for r in dec),
               flush=True)
         for key_loop, tuner in (("flat", TA._split_fwd), ("ranges", TA._split_ranges_fwd)):
             tuned = getattr(tuner, "cache", {})
-            print(f"split-K autotune choices, {key_loop}: {[(k, str(v)) for k, v in tuned.items()]}",
-                  flush=True)
+            print(f"split-K autotune choices, {key_loop} (key ends with FUSED when fused): "
+                  f"{[(k, str(v)) for k, v in tuned.items()]}", flush=True)
     for m, n in (score if "score" in ARGS.only else []):
         bench_score(m, n)
     for m, nb, o in (mass if "mass" in ARGS.only else []):
         bench_mass(m, nb, o)
-    out_dir = os.environ.get("OUT", "/tmp")
-    os.makedirs(out_dir, exist_ok=True)
-    result = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
-              "quick": ARGS.quick, "smoke": SMOKE, "only": list(ARGS.only),
-              "copy_GBps": copy_gbps,
-              "l2_bytes": l2_bytes(), "checks": CHECKS,
-              "rows": ROWS, "seconds": time.time() - t0}
-    with open(os.path.join(out_dir, "bench_kernels.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save(name, t0)
     n_fail = sum(not c["pass"] for c in CHECKS)
     print()
     print(f"checks: {len(CHECKS) - n_fail} PASS, {n_fail} FAIL; total {time.time() - t0:.0f} s")

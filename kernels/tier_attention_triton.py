@@ -9,7 +9,10 @@ every head whose rows it holds and decode (M = 1) still fills a tensor-core tile
 short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023): each split
 takes an equal share of the flattened key index (all ranges concatenated), walks it in one loop
 of tiles whose rows are gathered from their slots (as paged attention gathers pages), and writes
-a partial (out, lse) in fp32; a small combine kernel merges them.
+a partial (out, lse) in fp32. The partials are merged (`combine`) by a small combine kernel
+("separate", the default), by the same kernel launched early with programmatic dependent launch
+("separate_pdl"), or by the split program that arrives last at a per-(row block, KV head)
+counter ("fused": the "last block" pattern of CUDA's threadFenceReduction sample, one launch).
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
@@ -22,7 +25,11 @@ head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a 
 (tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
 guess for Hopper (H100/H200), not yet measured. The flat key loop of the split-K path is
 tested on CPU and compiled offline for sm_90 only; its GPU timing against the per-range loop it
-replaced (`key_loop="ranges"`) is pending (benchmarks/KERNELS_NOTES.md).
+replaced (`key_loop="ranges"`) is pending (benchmarks/KERNELS_NOTES.md). The "fused" and
+"separate_pdl" merges are tested on CPU (where the interpreter runs programs one after another,
+so the last split always merges, and PDL is off) and compiled offline for sm_90; their GPU
+correctness tests and timings are pending (an earlier one-launch merge measured slower, see
+the notes).
 """
 from __future__ import annotations
 
@@ -76,14 +83,64 @@ def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
 
 
 @triton.jit
+def _merge_partials(O_PART, LSE_PART, OUT, LSE, row0, n_rows, kvh, M, N_Q, NUM_SPLITS,
+                    stride_oh, stride_om, stride_lh,
+                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    MERGE_ROWS: tl.constexpr, MERGE_SPLITS: tl.constexpr, INTERP: tl.constexpr):
+    """Merges the NUM_SPLITS partial (out, lse) of rows [row0, row0 + BLOCK_M) of KV head `kvh`
+    into OUT/LSE (flash-decoding's combine, run by the split that arrives last). Partials are
+    read [MERGE_SPLITS, MERGE_ROWS, HEAD_DIM] at a time with an online rescale across chunks,
+    so a decode block (7 rows, 33 splits) costs ceil(33 / MERGE_SPLITS) L2 round trips."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, MERGE_SPLITS)
+    row_end = tl.minimum(row0 + BLOCK_M, n_rows)
+    for r0 in range(row0, row_end, MERGE_ROWS):
+        rows = r0 + tl.arange(0, MERGE_ROWS)
+        row_ok = rows < row_end
+        rows_c = tl.minimum(rows, row_end - 1)
+        head = kvh * GROUP + rows_c // M
+        qm = rows_c % M
+        prow = head.to(tl.int64) * M + qm
+        # Finite start: chunks of empty splits (lse -inf) then weigh exp(-inf) = 0, not NaN.
+        m_run = tl.full([MERGE_ROWS], -1.0e30, dtype=tl.float32)
+        den = tl.zeros([MERGE_ROWS], dtype=tl.float32)
+        acc = tl.zeros([MERGE_ROWS, HEAD_DIM], dtype=tl.float32)
+        for s0 in range(0, NUM_SPLITS, MERGE_SPLITS):
+            s = s0 + offs_s
+            s_ok = s < NUM_SPLITS
+            idx = s.to(tl.int64)[:, None] * N_Q + prow[None, :]
+            # .cg: through L2, never a stale L1 line (the partials come from other SMs).
+            lse_b = tl.load(LSE_PART + idx, mask=s_ok[:, None], other=float("-inf"),
+                            cache_modifier=".cg")
+            o_b = tl.load(O_PART + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                          mask=s_ok[:, None, None], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(lse_b, 0))
+            alpha = tl.exp(m_run - m_new)
+            w = tl.exp(lse_b - m_new[None, :])
+            den = den * alpha + tl.sum(w, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o_b, 0)
+            m_run = m_new
+        # A row no split saw a key for (WITH_NEW off) has den 0: out 0, lse -inf, as unfused.
+        seen = den > 0.0
+        o = acc / tl.where(seen, den, 1.0)[:, None]
+        tl.store(OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om
+                 + offs_d[None, :], cast(o, OUT.dtype.element_ty, INTERP), mask=row_ok[:, None])
+        tl.store(LSE + head.to(tl.int64) * stride_lh + qm,
+                 tl.where(seen, m_run + tl.log(tl.where(seen, den, 1.0)), float("-inf")),
+                 mask=row_ok)
+
+
+@triton.jit
 def ssa_attn_fwd_kernel(
-    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART,
+    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART, COUNTERS,
     sm_scale, M, N_RANGES, NUM_SPLITS,
     stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
+    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True, FUSED: tl.constexpr = False,
+    MERGE_ROWS: tl.constexpr = 8, MERGE_SPLITS: tl.constexpr = 8,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
@@ -95,7 +152,21 @@ def ssa_attn_fwd_kernel(
     through the ranges' prefix sums (held in registers, RANGES_PAD >= N_RANGES entries), so the
     load pipeline never restarts at a range boundary and no tile is cut short by one; K/V rows
     are gathered (each row HEAD_DIM contiguous elements), as in paged attention. Otherwise one
-    loop per range (the prefill path, and the split path's previous form, kept to compare)."""
+    loop per range (the prefill path, and the split path's previous form, kept to compare).
+
+    SPLIT: each program writes its partial (out, lse) to O_PART/LSE_PART. FUSED: it then takes a
+    ticket (acq_rel atomic add) on the int32 counter of its (row block, KV head) in COUNTERS;
+    the program drawing the last ticket merges the block's partials into OUT/LSE and puts the
+    counter back to 0 for the next launch or graph replay (the "last block" pattern of CUDA's
+    threadFenceReduction sample and of serial split-K GEMMs). Otherwise a combine kernel merges.
+    Ordering: all threads' partial stores, then a CTA barrier, then one thread's release (the
+    atomic); the merging program reads after its acquire, through L2.
+
+    LAUNCH_DEPENDENTS (combine "separate_pdl"): lets the combine kernel, launched with
+    programmatic dependent launch, start now; it waits (griddepcontrol.wait) for this grid to
+    finish and flush before reading the partials, so its launch overlaps this kernel."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -208,6 +279,18 @@ def ssa_attn_fwd_kernel(
         prow = split.to(tl.int64) * n_q + head.to(tl.int64) * M + qm
         tl.store(O_PART + prow[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
         tl.store(LSE_PART + prow, lse, mask=row_ok)
+        if FUSED:
+            # Every thread of the program has stored before its one atomic is issued.
+            tl.debug_barrier()
+            counter = COUNTERS + pid_m * tl.num_programs(1) + kvh
+            ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+            if ticket == NUM_SPLITS - 1:
+                _merge_partials(O_PART, LSE_PART, OUT, LSE, pid_m * BLOCK_M, n_rows, kvh, M, n_q,
+                                NUM_SPLITS, stride_oh, stride_om, stride_lh, GROUP, HEAD_DIM,
+                                BLOCK_M, MERGE_ROWS, MERGE_SPLITS, INPUT_PRECISION == "interp")
+                # All splits of the block have drawn their tickets and the next launch is
+                # ordered after this one on the stream: a relaxed write suffices.
+                tl.atomic_xchg(counter, 0, sem="relaxed")
     else:
         o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, cast(o, OUT.dtype.element_ty, INPUT_PRECISION == "interp"), mask=row_ok[:, None])
@@ -219,30 +302,43 @@ def ssa_attn_combine_kernel(
     O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
     stride_oh, stride_om, stride_lh,
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, WAIT_PRIMARY: tl.constexpr = False,
 ):
-    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding)."""
+    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding).
+    Up to SPLIT_BLOCK splits (decode's 33) are merged from one load of the lse and one of the
+    partial outputs, issued together: one memory round trip after launch, not one per chunk."""
     i = tl.program_id(0)
     head = i // M
     qm = i % M
     offs_s = tl.arange(0, SPLITS_PAD)
-    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=offs_s < NUM_SPLITS,
-                    other=float("-inf"))
+    offs_d = tl.arange(0, HEAD_DIM)
+    s_ok = offs_s < NUM_SPLITS
+    if WAIT_PRIMARY:
+        # Launched early (programmatic dependent launch): the split kernel's partials are
+        # complete and visible only after this wait.
+        tl.extra.cuda.gdc_wait()
+    lse_s = tl.load(LSE_PART + offs_s.to(tl.int64) * N_Q + i, mask=s_ok, other=float("-inf"))
+    if SPLITS_PAD <= SPLIT_BLOCK:
+        o_s = tl.load(O_PART + (offs_s.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
+                      mask=s_ok[:, None], other=0.0)
     # With the chunk's keys the last split holds the diagonal key and the max is finite; a pass
     # without them (WITH_NEW off) may see no key at all: shift by 0 then, giving out 0, lse -inf.
     mx_raw = tl.max(lse_s, 0)
     mx = tl.where(mx_raw > float("-inf"), mx_raw, 0.0)
-    den = tl.sum(tl.exp(lse_s - mx), 0)
-    offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
-        offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
-        ok = offs_b < NUM_SPLITS
-        lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
-        w = tl.exp(lse_b - mx)
-        o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM + offs_d[None, :],
-                      mask=ok[:, None], other=0.0)
-        acc += tl.sum(w[:, None] * o_b, 0)
+    w_s = tl.exp(lse_s - mx)
+    den = tl.sum(w_s, 0)
+    if SPLITS_PAD <= SPLIT_BLOCK:
+        acc = tl.sum(w_s[:, None] * o_s, 0)
+    else:
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
+            offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
+            ok = offs_b < NUM_SPLITS
+            lse_b = tl.load(LSE_PART + offs_b.to(tl.int64) * N_Q + i, mask=ok, other=float("-inf"))
+            w = tl.exp(lse_b - mx)
+            o_b = tl.load(O_PART + (offs_b.to(tl.int64) * N_Q + i)[:, None] * HEAD_DIM
+                          + offs_d[None, :], mask=ok[:, None], other=0.0)
+            acc += tl.sum(w[:, None] * o_b, 0)
     seen = den > 0.0
     o = acc / tl.where(seen, den, 1.0)
     tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
@@ -344,13 +440,30 @@ _SPLIT_CONFIGS = _SPLIT_RANGES_CONFIGS + [
 ]
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
-_split_fwd = triton.autotune(_SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(
+# FUSED is in the key: the merge tail of the fused form may favour another config.
+_split_fwd = triton.autotune(
+    _SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
     ssa_attn_fwd_kernel)
 _split_ranges_fwd = triton.autotune(
-    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(ssa_attn_fwd_kernel)
+    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
+    ssa_attn_fwd_kernel)
 # How the split-K path walks the buffer keys: "flat" (one loop over the flattened key index) or
 # "ranges" (one loop per range, the form measured before it; kept for benchmarks/bench_kernels.py).
 KEY_LOOPS = ("flat", "ranges")
+# How the split-K partials are merged: "separate" (a second launch, the combine kernel) or
+# "fused" (the split arriving last merges, one launch). A one-launch merge measured slower on
+# the H200 once (commit 8052445, with the per-range loop; reverted in f268d15), so the default
+# stays "separate" until benchmarks/bench_kernels.py --only decode has compared the two again.
+# "separate_pdl": the combine kernel with programmatic dependent launch (Hopper and later; as
+# "separate" under the interpreter), its launch overlapping the split kernel.
+COMBINES = ("separate", "fused", "separate_pdl")
+DEFAULT_COMBINE = "separate"
+# Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
+# 4 warps for D 128); more go through its chunked loop.
+_COMBINE_SPLITS = 64
+# Partials the fused merge loads at once: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
+# elements (32 KB: 64 registers a thread at 4 warps).
+_MERGE_ELEMS = 8192
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -413,11 +526,40 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
     return block_m, max(1, splits)
 
 
+_COUNTERS: dict = {}
+_RETIRED_COUNTERS: list = []
+
+
+def split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """The fused merge's tickets: int32, one per (row block, KV head), zero between launches
+    (the merging program resets its counter), cached per device and grown when a launch needs
+    more. Launches on one stream and CUDA-graph replays run one after the other and may share
+    it; two launches running at once on two streams of one device would draw each other's
+    tickets (not supported). The buffer is allocated outside graph capture: make one call at
+    these sizes before capturing (the autotuner needs one anyway)."""
+    index = device.index
+    if device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    key = (device.type, index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("tier_attention: the fused split-K counters must be allocated "
+                               "before CUDA graph capture; make one call at these sizes first")
+        buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+        # A smaller buffer replaced here may be baked into a captured CUDA graph: never free it.
+        if key in _COUNTERS:
+            _RETIRED_COUNTERS.append(_COUNTERS[key])
+        _COUNTERS[key] = buf
+    return buf
+
+
 def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                       key_loop="flat", with_new=True):
+                       key_loop="flat", with_new=True, combine=None):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
     contiguous. `num_splits` forces the split count (tests); None picks it from the sizes.
-    `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range."""
+    `key_loop` (one of KEY_LOOPS) selects the split-K path's loop; prefill always loops per range.
+    `combine` (one of COMBINES, None: DEFAULT_COMBINE) selects how split-K partials are merged."""
     hq, m, d = q.shape
     hkv, cap, _ = k_buf.shape
     group = hq // hkv
@@ -454,18 +596,30 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     if splits == 1:
         dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
-        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy, lse,
                      float(scale), m, n_ranges, 1, *strides, SPLIT=False, **consts)
         return out, lse
     o_part = alloc((splits, hq, m, d), torch.float32, dev)
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
-    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
-                 float(scale), m, n_ranges, splits, *strides, SPLIT=True, **consts)
+    if (combine or DEFAULT_COMBINE) == "fused":
+        # BLOCK_M is fixed by the host on the split path (plan_splits), so the counter count is.
+        counters = split_counters(dev, triton.cdiv(n_rows, block_m) * hkv)
+        merge_rows = min(block_m, _pow2(n_rows), 16)
+        merge_splits = max(1, min(_pow2(splits), _MERGE_ELEMS // (merge_rows * d)))
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
+                     counters, float(scale), m, n_ranges, splits, *strides, SPLIT=True,
+                     FUSED=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits, **consts)
+        return out, lse
+    pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and not interpreting()
+    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part, lse,
+                 float(scale), m, n_ranges, splits, *strides, SPLIT=True,
+                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
-        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=16,
-        INTERP=interpreting(), num_warps=4)
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=_COMBINE_SPLITS,
+        INTERP=interpreting(), num_warps=4,
+        **(dict(WAIT_PRIMARY=True, launch_pdl=True) if pdl else {}))
     return out, lse
 
 
@@ -474,20 +628,25 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
-                   key_loop="flat", with_new=True):
+                   key_loop="flat", with_new=True, combine=None):
     """Triton tier attention (see `ssa_code.kernels.tier_attention` for the contract).
 
     q [Hq, M, D]; k_buf, v_buf [Hkv, CAP, D]; bias [Hkv, CAP] float32; ranges [R, 2] int32;
     k_new, v_new [Hkv, M, D]; scale > 0 -> out [Hq, M, D] (q's dtype), lse [Hq, M] float32.
     `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
     the split-K path's previous per-range loop (benchmark comparison); `with_new=False` leaves
-    the chunk's own keys out (k_new, v_new then only give M).
+    the chunk's own keys out (k_new, v_new then only give M); `combine` (one of COMBINES, None:
+    DEFAULT_COMBINE) picks how split-K partials are merged: "separate" (combine kernel),
+    "separate_pdl" (the same, launched with programmatic dependent launch) or "fused" (the
+    split kernel's last-arriving program; see `split_counters` for its one-stream rule).
     """
     from .tier_attention_ref import check_tier_attention_args
 
     check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     if key_loop not in KEY_LOOPS:
         raise ValueError(f"key_loop {key_loop!r} is not one of {KEY_LOOPS}")
+    if combine is not None and combine not in COMBINES:
+        raise ValueError(f"combine {combine!r} is not one of {COMBINES}")
     if num_splits is not None and int(num_splits) < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     ranges = ranges.to(device=q.device, dtype=torch.int32).contiguous()
@@ -497,7 +656,7 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     q, k_buf, v_buf, k_new, v_new = map(_last_dim_contiguous, (q, k_buf, v_buf, k_new, v_new))
     bias = _last_dim_contiguous(bias)
     return tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits,
-                              key_loop, with_new)
+                              key_loop, with_new, combine)
 
 
 def tier_attention_mass_fwd(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start):

@@ -13,6 +13,11 @@ import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# How split-K partials are merged: a second (combine) launch, or the split that arrives last;
+# "separate_pdl" (the combine launched early with programmatic dependent launch) is the
+# "separate" path under the interpreter, so it is run on CUDA only except in one test.
+COMBINES = ["separate", "fused"] + (["separate_pdl"] if HAS_CUDA else [])
+ALL_COMBINES = ["separate", "fused", "separate_pdl"]
 
 # (hq, hkv, m, cap, d, ranges, summaries, masked, num_splits): small sizes for the interpreter.
 CPU_CASES = {
@@ -52,9 +57,19 @@ def _params():
     return out
 
 
+def _takes_split_path(hq, hkv, m, cap, splits, device):
+    from ssa_code.kernels.tier_attention_triton import plan_splits
+
+    if splits is not None:
+        return splits > 1
+    block_m, planned = plan_splits(hq // hkv * m, hkv, cap, torch.device(device))
+    return block_m > 0 and planned > 1
+
+
+@pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device,case", _params())
-def test_tier_attention_matches_reference(device, case, dtype):
+def test_tier_attention_matches_reference(device, case, dtype, combine):
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
     if device == "cuda" and dtype == torch.float32 and case == "m4096_qwen":
@@ -67,10 +82,12 @@ def test_tier_attention_matches_reference(device, case, dtype):
         # configs): float16 is covered at real sizes by the cuda cases, on every kernel path.
         pytest.skip("compile time: float16 is covered at real sizes by the cuda cases")
     hq, hkv, m, cap, d, ranges, summaries, masked, splits = _cases(device)[case]
+    if combine == "fused" and not _takes_split_path(hq, hkv, m, cap, splits, on(device)):
+        pytest.skip("no split-K partials to merge: the combine mode does not apply")
     inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, on(device),
                               seed=zlib.crc32(case.encode()), summaries=summaries, masked=masked)
     scale = 1.0 / math.sqrt(d)
-    out, lse = tier_attention(*inputs, scale, num_splits=splits)
+    out, lse = tier_attention(*inputs, scale, num_splits=splits, combine=combine)
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert out.shape == (hq, m, d) and lse.shape == (hq, m)
     q, kb, vb, bias, r, kn, vn = inputs
@@ -83,9 +100,11 @@ def test_tier_attention_matches_reference(device, case, dtype):
     assert_close_to_gold(f"{case} {dtype} lse", lse, gold_l, pt_l)
 
 
+@pytest.mark.parametrize("combine", ALL_COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_split_count_does_not_change_the_result(device):
-    """Split-K partials merged by the combine kernel equal the single-pass result to rounding."""
+def test_split_count_does_not_change_the_result(device, combine):
+    """Split-K partials merged (combine kernel, or the last split) equal the single-pass result
+    to rounding."""
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
     cap = 300 if device == "small" else 20000
@@ -93,7 +112,7 @@ def test_split_count_does_not_change_the_result(device):
                               torch.float32, on(device), seed=7, summaries=[3], masked=[[10, 20]])
     o1, l1 = tier_attention(*inputs, 0.125, num_splits=1)
     for splits in (2, 5):
-        o, l = tier_attention(*inputs, 0.125, num_splits=splits)
+        o, l = tier_attention(*inputs, 0.125, num_splits=splits, combine=combine)
         assert (o - o1).abs().max().item() < 1e-5, f"{splits} splits: out differs"
         assert (l - l1).abs().max().item() < 1e-5, f"{splits} splits: lse differs"
 
@@ -193,12 +212,16 @@ SPLIT_CASES = {
 }
 
 
-@pytest.mark.parametrize("splits", [1, 2, 5, 16])
+# 70 splits: more than the combine kernel merges from one load (64) and several chunks of the
+# fused merge.
+@pytest.mark.parametrize("combine", COMBINES)
+@pytest.mark.parametrize("splits", [1, 2, 5, 16, 70])
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
-def test_split_k_merge(case, splits):
-    """Forced split counts through the split-K path (partials + combine): within the
-    2x-of-PyTorch rule, every output written (outputs and partials start as NaN), and a second
-    launch gives the same bits."""
+def test_split_k_merge(case, splits, combine):
+    """Forced split counts through the split-K path (partials + combine kernel or fused merge):
+    within the 2x-of-PyTorch rule, every output written (outputs and partials start as NaN, so
+    a fused launch whose last split did not merge fails), and a second launch gives the same
+    bits (the fused counters were reset)."""
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
     hq, hkv, m, cap, d, ranges, summaries, masked = SPLIT_CASES[case]
@@ -207,42 +230,48 @@ def test_split_k_merge(case, splits):
                               seed=zlib.crc32(case.encode()) + splits, summaries=summaries,
                               masked=masked)
     scale = 1.0 / math.sqrt(d)
-    out, lse = tier_attention(*inputs, scale, num_splits=splits)
+    out, lse = tier_attention(*inputs, scale, num_splits=splits, combine=combine)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten (NaN) outputs"
     q, kb, vb, bias, r, kn, vn = inputs
     gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(), r,
                                         kn.double(), vn.double(), scale,
                                         compute_dtype=torch.float64, out_dtype=torch.float64)
     pt_o, pt_l = tier_attention_ref(*inputs, scale, compute_dtype=torch.bfloat16)
-    assert_close_to_gold(f"{case} {splits} splits out", out, gold_o, pt_o)
-    assert_close_to_gold(f"{case} {splits} splits lse", lse, gold_l, pt_l)
+    assert_close_to_gold(f"{case} {splits} splits {combine} out", out, gold_o, pt_o)
+    assert_close_to_gold(f"{case} {splits} splits {combine} lse", lse, gold_l, pt_l)
     if splits == 5:  # (interpreter time: one repeat is enough)
-        out2, lse2 = tier_attention(*inputs, scale, num_splits=splits)
+        out2, lse2 = tier_attention(*inputs, scale, num_splits=splits, combine=combine)
         assert torch.equal(out2, out) and torch.equal(lse2, lse), "second launch differs"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-def test_split_k_is_repeatable_and_graph_safe():
-    """The combine sums splits in index order, so every launch (eager, or replayed from a CUDA
-    graph, as plain decode steps are) gives the same bits."""
-    from ssa_code.kernels.tier_attention_triton import tier_attention
+@pytest.mark.parametrize("combine", COMBINES)
+def test_split_k_is_repeatable_and_graph_safe(combine):
+    """Both merges sum splits in index order, so every launch (eager, or replayed from a CUDA
+    graph, as plain decode steps are) gives the same bits, whichever split arrives last; the
+    fused merge leaves its counters at zero. Graphs are captured on a side stream, with the
+    fused path allocating nothing during capture."""
+    from ssa_code.kernels import tier_attention_triton as TA
 
     inputs = make_tier_inputs(28, 4, 1, 12000, 128, [[0, 64], [64, 4100], [5000, 11999]],
                               torch.bfloat16, "cuda", seed=11, summaries=[70], masked=[[100, 200]])
     for splits in (None, 7, 132):
-        ref_o, ref_l = tier_attention(*inputs, 0.088, num_splits=splits)
+        ref_o, ref_l = TA.tier_attention(*inputs, 0.088, num_splits=splits, combine=combine)
         for _ in range(30):
-            o, lse = tier_attention(*inputs, 0.088, num_splits=splits)
+            o, lse = TA.tier_attention(*inputs, 0.088, num_splits=splits, combine=combine)
             assert torch.equal(o, ref_o) and torch.equal(lse, ref_l), f"{splits} splits: race"
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # captures on a side stream
-            g_o, g_l = tier_attention(*inputs, 0.088, num_splits=splits)
+            g_o, g_l = TA.tier_attention(*inputs, 0.088, num_splits=splits, combine=combine)
         for _ in range(10):
             g_o.zero_()
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(g_o, ref_o) and torch.equal(g_l, ref_l), f"{splits} splits: graph"
+        if combine == "fused":
+            counters = TA.split_counters(torch.device("cuda"), 1)
+            assert int(counters.abs().sum()) == 0, "fused merge left a counter set"
 
 
 # The flat key loop of the split-K path: split s takes flat keys [s * per, (s + 1) * per) of the
@@ -267,9 +296,10 @@ FLAT_CASES = {
 }
 
 
+@pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("key_loop", ["flat", "ranges"])
 @pytest.mark.parametrize("case", list(FLAT_CASES))
-def test_split_k_key_loops_edge_cases(case, key_loop):
+def test_split_k_key_loops_edge_cases(case, key_loop, combine):
     """Both split-K key loops at the flat mapping's edge cases, bf16, against the float64 gold
     within the 2x-of-PyTorch rule; outputs and partials start as NaN, so a key lost or a split
     never written fails."""
@@ -285,10 +315,11 @@ def test_split_k_key_loops_edge_cases(case, key_loop):
                                         compute_dtype=torch.float64, out_dtype=torch.float64)
     pt_o, pt_l = tier_attention_ref(*inputs, scale, compute_dtype=torch.bfloat16)
     for n in (splits, 1):
-        out, lse = tier_attention(*inputs, scale, num_splits=n, key_loop=key_loop)
+        out, lse = tier_attention(*inputs, scale, num_splits=n, key_loop=key_loop,
+                                  combine=combine)
         assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten (NaN) outputs"
-        assert_close_to_gold(f"{case} {key_loop} {n} splits out", out, gold_o, pt_o)
-        assert_close_to_gold(f"{case} {key_loop} {n} splits lse", lse, gold_l, pt_l)
+        assert_close_to_gold(f"{case} {key_loop} {combine} {n} splits out", out, gold_o, pt_o)
+        assert_close_to_gold(f"{case} {key_loop} {combine} {n} splits lse", lse, gold_l, pt_l)
 
 
 def test_key_loops_agree_to_rounding():
@@ -306,7 +337,8 @@ def test_key_loops_agree_to_rounding():
 
 
 @pytest.mark.parametrize("bad,match", [(dict(key_loop="tiles"), "key_loop"),
-                                       (dict(num_splits=0), "num_splits")])
+                                       (dict(num_splits=0), "num_splits"),
+                                       (dict(combine="tree"), "combine")])
 def test_invalid_split_options_raise_value_error(bad, match):
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
@@ -315,9 +347,10 @@ def test_invalid_split_options_raise_value_error(bad, match):
         tier_attention(*inputs, 0.125, **bad)
 
 
+@pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,splits", [(1, None), (1, 3), (40, 1)])
-def test_two_passes_merged_equal_one_pass(device, m, splits):
+def test_two_passes_merged_equal_one_pass(device, m, splits, combine):
     """Buffer ranges split between a pass with the chunk's keys and one without
     (``with_new=False``), merged through the lse, give the one-pass result; a pass over a
     fully masked range gives lse -inf and changes nothing."""
@@ -331,8 +364,12 @@ def test_two_passes_merged_equal_one_pass(device, m, splits):
     one_o, one_l = tier_attention(q, kb, vb, bias, r, kn, vn, scale)
     first = torch.tensor([[0, 20], [100, 150]], dtype=torch.int32, device=q.device)
     second = torch.tensor([[30, 90]], dtype=torch.int32, device=q.device)
-    a_o, a_l = tier_attention(q, kb, vb, bias, first, kn, vn, scale, num_splits=splits)
-    b_o, b_l = tier_attention(q, kb, vb, bias, second, kn, vn, scale, num_splits=splits, with_new=False)
+    if combine == "fused" and splits == 1:
+        pytest.skip("one split: no partials to merge")
+    a_o, a_l = tier_attention(q, kb, vb, bias, first, kn, vn, scale, num_splits=splits,
+                              combine=combine)
+    b_o, b_l = tier_attention(q, kb, vb, bias, second, kn, vn, scale, num_splits=splits,
+                              with_new=False, combine=combine)
     gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(), second,
                                         kn.double(), vn.double(), scale, compute_dtype=torch.float64,
                                         out_dtype=torch.float64, with_new=False)
@@ -344,7 +381,35 @@ def test_two_passes_merged_equal_one_pass(device, m, splits):
     torch.testing.assert_close(out.float(), one_o.float(), atol=2e-2, rtol=2e-2)
     # The masked range alone: nothing seen, lse -inf, out 0 (not NaN); merging it is a no-op.
     empty = torch.tensor([[100, 150]], dtype=torch.int32, device=q.device)
-    e_o, e_l = tier_attention(q, kb, vb, bias, empty, kn, vn, scale, num_splits=splits, with_new=False)
+    e_o, e_l = tier_attention(q, kb, vb, bias, empty, kn, vn, scale, num_splits=splits,
+                              with_new=False, combine=combine)
     assert torch.isneginf(e_l).all() and (e_o == 0).all()
     same_o, same_l = K.merge_attention(one_o, one_l, e_o, e_l)
     assert torch.equal(same_l, one_l) and torch.allclose(same_o.float(), one_o.float())
+
+
+@pytest.mark.parametrize("with_new", [True, False])
+@pytest.mark.parametrize("splits", [2, 7])
+def test_fused_merge_empty_tier(splits, with_new):
+    """Decode over an empty tier (no range at all) through the fused merge: every split is
+    empty; with the chunk's key the last split alone decides, without it every row saw no key
+    (out 0, lse -inf, as the combine kernel gives). The counters are back at zero after."""
+    from ssa_code.kernels import tier_attention_triton as TA
+
+    q, kb, vb, bias, _, kn, vn = make_tier_inputs(14, 2, 1, 40, 64, [[0, 10]], torch.bfloat16,
+                                                  on("small"), seed=21)
+    none = torch.zeros(0, 2, dtype=torch.int32, device=q.device)
+    args = (q, kb, vb, bias, none, kn, vn, 0.125)
+    f_o, f_l = TA.tier_attention(*args, num_splits=splits, with_new=with_new, combine="fused")
+    s_o, s_l = TA.tier_attention(*args, num_splits=splits, with_new=with_new, combine="separate")
+    if with_new:
+        gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(),
+                                            none, kn.double(), vn.double(), 0.125,
+                                            compute_dtype=torch.float64, out_dtype=torch.float64)
+        pt_o, _ = tier_attention_ref(*args, compute_dtype=torch.bfloat16)
+        assert_close_to_gold("empty tier fused out", f_o, gold_o, pt_o)
+        torch.testing.assert_close(f_l.double(), gold_l.double(), atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.isneginf(f_l).all() and (f_o == 0).all()
+    assert torch.equal(f_o, s_o) and torch.equal(f_l, s_l)
+    assert int(TA.split_counters(q.device, 1).abs().sum()) == 0, "a counter was left set"
