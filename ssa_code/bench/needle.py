@@ -61,7 +61,7 @@ DEFAULT_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048
 
 def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: int = 64,
                    sinks: int = 64, max_position: int = 4096, store: str = "host",
-                   index_size: int = 16384) -> dict[str, Any]:
+                   index_size: int = 16384, exact_question: bool = True) -> dict[str, Any]:
     """One :class:`ssa_code.SSAConfig` per SSA-cache method, each using at most ``budget`` slots.
 
     ``budget`` counts key/value slots per layer and KV head (``SSAConfig.capacity``). The
@@ -73,6 +73,10 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     - infllm: sinks + retrieval (1/2: ``top_k`` blocks) + window;
     - ssa: the same sinks and window as infllm; pinned (1/32), heavy (1/64) and summaries (1/64)
       are paid for by retrieval, which keeps the rest of InfLLM's half.
+
+    infllm and ssa share the retrieval mechanism: the index's bounds for the haystack's chunks
+    and, with ``exact_question``, exact attention over the store for the cue (``SSAConfig.
+    exact_question``), so the two differ by SSA's other tiers only.
     """
     from ssa_code import SSAConfig
 
@@ -84,7 +88,7 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     # An answer is a few tokens: decode never evicts, so the ring keeps one spare block only
     # (decode_evict=1) and the budget goes to the tiers.
     common = dict(sinks=sinks, block_size=block_size, chunk_size=chunk_size, index_size=index_size,
-                  rebase_every=min(256, chunk_size), decode_evict=1)
+                  rebase_every=min(256, chunk_size), decode_evict=1, exact_question=exact_question)
     ring_extra = block_size
 
     def window(rest: int) -> int:
@@ -349,13 +353,13 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device,
-            exact_question: bool = True) -> tuple[list[int], dict]:
+def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
     """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``.
 
     The haystack is prefilled in ``cfg.chunk_size`` chunks and the cue as one final chunk.
-    ``exact_question``: let the cue choose its blocks by exact attention when the cache
-    supports it (``SSACache.select_exact``); ``stats["exact_question"]`` says whether it did.
+    With ``cfg.exact_question`` the cue chooses its blocks by exact attention over the store
+    (``SSACache.select_exact``), as ``ssa-code ask`` does for a question; a method without a
+    store has nothing to choose from. ``stats["exact_question"]`` says whether it did.
     """
     import torch
 
@@ -374,9 +378,8 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device,
         prefill(model, cache, ids[:, :split], chunk_size=cfg.chunk_size, anchors=anchors)
         # Where the cache offers it, the question (cue) chooses its blocks by exact attention over
         # the whole store instead of the index's bounds (see BENCHMARKS.md, needle, issue 6).
-        exact = exact_question and hasattr(cache, "select_exact")
-        if exact:
-            cache.select_exact = True
+        exact = cfg.exact_question and cfg.staging > 0
+        cache.select_exact = exact
         logits = prefill(model, cache, ids[:, split:], chunk_size=cfg.chunk_size)[0]
         held = needle_held(cache, prompt.needle_pos, prompt.needle_len)
         out: list[int] = []
@@ -453,7 +456,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
                   device: str | None = None, rounds: int = 1, log=print,
-                  on_progress=None, exact_question: bool = True) -> list[Cell]:
+                  on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Depths are visited in ``rounds`` interleaved passes (round r takes depth indices
@@ -461,7 +464,6 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     that runs out still leaves some depths measured at every length. A cell whose estimated
     time (from the last cell of the same method, scaled by length) would pass the deadline
     is recorded as not run. ``on_progress(cells)`` is called after each (round, length).
-    ``exact_question``: see :func:`run_ssa`.
     """
     import torch
 
@@ -488,7 +490,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                     for m in methods:
                         cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs,
                                                ssa_model, dense_model, dev, dense_max,
-                                               t0 + max_seconds, last_rate, log, exact_question))
+                                               t0 + max_seconds, last_rate, log))
             if on_progress is not None:
                 on_progress(cells)
     return cells
@@ -496,7 +498,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
 
 def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokenizer, configs,
               ssa_model, dense_model, dev, dense_max: int, deadline: float,
-              last_rate: dict[str, float], log, exact_question: bool = True) -> Cell:
+              last_rate: dict[str, float], log) -> Cell:
     import torch
 
     value = prompt.asked.value
@@ -516,7 +518,7 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
         if m == "dense":
             out, stats = run_dense(dense_model, prompt, new_tokens, dev)
         else:
-            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev, exact_question)
+            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
     except torch.cuda.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         cell.note = f"out of memory: {str(e)[:120]}"
@@ -766,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mcfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
         configs = method_configs(args.budget, chunk_size=args.chunk_size, block_size=args.block_size,
                                  sinks=args.sinks, max_position=mcfg.max_position_embeddings,
-                                 store=args.store)
+                                 store=args.store, exact_question=not args.bound_question)
     except ValueError as e:
         return fail(str(e))
     depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
@@ -778,7 +780,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": str(model_dir), "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "seed": args.seed, "budget": args.budget, "chunk_size": args.chunk_size,
         "dense_max": args.dense_max, "haystack": hay.meta, "rounds": args.rounds,
-        "exact_question": not args.bound_question,
         "configs": {m: c.to_dict() for m, c in configs.items() if m in methods},
         "torch": torch.__version__, "argv": list(argv) if argv is not None else sys.argv[1:],
     }
@@ -799,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               methods=methods, configs=configs, dense_max=args.dense_max,
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
                               rounds=args.rounds, log=lambda s: print(s, file=sys.stderr, flush=True),
-                              on_progress=write, exact_question=not args.bound_question)
+                              on_progress=write)
     except ValueError as e:
         return fail(str(e))
     pngs = write(cells)
