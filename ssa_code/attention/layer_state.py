@@ -17,7 +17,7 @@ A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
 
 1. re-rotate far keys if the chunk moved their effective positions (``positions.py``);
 2. score the index and stage the chosen blocks from the store (``scoring.py``, ``staging.py``,
-   ``store.py``); a decode step only installs the blocks chosen two tokens earlier; a
+   ``store.py``); a decode step only installs the blocks chosen a few tokens earlier; a
    question's chunk (``SSACache.select_exact``) scores every stored block exactly instead, and
    decode keeps its choice;
 3. attend over the occupied ranges of the buffer plus the chunk itself, causally
