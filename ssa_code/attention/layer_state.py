@@ -598,8 +598,7 @@ class SSALayer(CacheLayerMixin):
 
         nb = self.store.num_blocks
         scores = exact_block_scores(q, runs(), nb, b, scale)
-        held = torch.cat([self.pos[:, self.PIN:self.PIN + self.n_pin],
-                          self.pos[:, self.HEAVY:self.HEAVY + self.n_heavy]], dim=1)
+        held = self._held_positions()
         if held.shape[1]:
             # Tokens per block held at full resolution elsewhere (bucket nb: not a stored block).
             blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
@@ -636,10 +635,14 @@ class SSALayer(CacheLayerMixin):
         self.bias[:, sl] = torch.where(keep, 0.0, NEG_INF)
         self._mask_covered_summaries()
 
+    def _held_positions(self) -> torch.Tensor:
+        """``[H, n_pin + n_heavy]`` positions this head's pinned and heavy slots hold."""
+        return torch.cat([self.pos[:, self.PIN:self.PIN + self.n_pin],
+                          self.pos[:, self.HEAVY:self.HEAVY + self.n_heavy]], dim=1)
+
     def _held_elsewhere(self, pos: torch.Tensor) -> torch.Tensor:
         """``pos [H, n]`` -> mask of positions present in this head's pinned or heavy slots."""
-        held = torch.cat([self.pos[:, self.PIN:self.PIN + self.n_pin],
-                          self.pos[:, self.HEAVY:self.HEAVY + self.n_heavy]], dim=1)
+        held = self._held_positions()
         if held.shape[1] == 0:
             return torch.zeros_like(pos, dtype=torch.bool)
         # Per-head membership by binary search in the sorted held positions (torch.isin on
