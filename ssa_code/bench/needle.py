@@ -40,6 +40,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -452,18 +453,50 @@ def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
     return ssa_model, dense_model
 
 
+def plan_cells(lengths: Sequence[int], depths: Sequence[float], keys: Sequence[int],
+               methods: Sequence[str], rounds: int) -> list[tuple[int, int, int, int, str]]:
+    """Every cell ``(round, length, keys, depth index, method)`` in the order they run.
+
+    Depths are visited in ``rounds`` interleaved passes (round r takes depth indices
+    ``r, r + rounds, ...``), each pass over all lengths from the shortest.
+    """
+    return [(r, length, k, di, m)
+            for r in range(rounds)
+            for length in sorted(lengths)
+            for k in keys
+            for di in range(r, len(depths), rounds)
+            for m in methods]
+
+
+def shard_of(cells: Sequence[tuple[int, int, int, int, str]], shards: int) -> list[int]:
+    """The shard (process) of each planned cell, balancing the estimated work.
+
+    A cell's cost is taken as its length (prefill dominates; every method but dense is linear in
+    it). Longest first, each cell goes to the least loaded shard; ties go to the lower shard, so
+    every process computes the same assignment.
+    """
+    load = [0] * shards
+    out = [0] * len(cells)
+    for i in sorted(range(len(cells)), key=lambda i: (-cells[i][1], i)):
+        j = min(range(shards), key=lambda s: (load[s], s))
+        out[i] = j
+        load[j] += cells[i][1]
+    return out
+
+
 def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: Sequence[int],
                   depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
-                  device: str | None = None, rounds: int = 1, log=print,
-                  on_progress=None) -> list[Cell]:
+                  device: str | None = None, rounds: int = 1, shard: tuple[int, int] = (0, 1),
+                  log=print, on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
-    Depths are visited in ``rounds`` interleaved passes (round r takes depth indices
-    ``r, r + rounds, ...``), each pass over all lengths from the shortest, so a time budget
-    that runs out still leaves some depths measured at every length. A cell whose estimated
-    time (from the last cell of the same method, scaled by length) would pass the deadline
-    is recorded as not run. ``on_progress(cells)`` is called after each (round, length).
+    Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
+    some depths measured at every length. A cell whose estimated time (from the last cell of
+    the same method, scaled by length) would pass the deadline is recorded as not run.
+    ``shard (i, n)``: run only the cells :func:`shard_of` gives process ``i`` of ``n`` (the
+    prompts do not depend on the split; :func:`merge_runs` joins the outputs).
+    ``on_progress(cells)`` is called after each (round, length).
     """
     import torch
 
@@ -472,27 +505,31 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise ValueError(f"shard {index} of {shards} does not exist")
+    plan = plan_cells(lengths, depths, keys, methods, rounds)
+    owner = shard_of(plan, shards)
+    mine = [cell for cell, o in zip(plan, owner) if o == index]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    ssa_model, dense_model = load_models(model_dir, dev, dtype, methods)
+    ssa_model, dense_model = load_models(model_dir, dev, dtype, sorted({c[4] for c in mine}))
     lines = LineBoundaries(tokenizer)
     t0 = time.time()
     last_rate: dict[str, float] = {}
     cells: list[Cell] = []
-    for r in range(rounds):
-        for length in sorted(lengths):
-            for k in keys:
-                for di in range(r, len(depths), rounds):
-                    depth = float(depths[di])
-                    rng = random.Random(f"{seed}:{length}:{k}:{di}")
-                    needles, asked = make_needles(rng, k)
-                    prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng)
-                    for m in methods:
-                        cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs,
-                                               ssa_model, dense_model, dev, dense_max,
-                                               t0 + max_seconds, last_rate, log))
-            if on_progress is not None:
-                on_progress(cells)
+    prompt, prompt_key = None, None
+    for i, (r, length, k, di, m) in enumerate(mine):
+        depth = float(depths[di])
+        if prompt_key != (length, k, di):
+            rng = random.Random(f"{seed}:{length}:{k}:{di}")
+            needles, asked = make_needles(rng, k)
+            prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng)
+            prompt_key = (length, k, di)
+        cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs, ssa_model, dense_model,
+                               dev, dense_max, t0 + max_seconds, last_rate, log))
+        if on_progress is not None and (i + 1 == len(mine) or mine[i + 1][:2] != (r, length)):
+            on_progress(cells)
     return cells
 
 
@@ -648,8 +685,7 @@ def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
     depths = sorted({c.depth for c in cells})
     keys = sorted({c.keys for c in cells})
     paths = []
-    cmap = ListedColormap(["#d9534f", "#5cb85c"])
-    cmap.set_bad("#cccccc")
+    cmap = ListedColormap(["#d9534f", "#5cb85c"]).with_extremes(bad="#cccccc")
     for m in [m for m in METHODS if any(c.method == m for c in cells)]:
         width = len(keys) * max(4.0, 1.5 + 0.6 * len(lengths))
         fig, axes = plt.subplots(1, len(keys), figsize=(width, 4.5), squeeze=False)
@@ -668,10 +704,68 @@ def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
         fig.suptitle("exact match: green right, red wrong, grey not run", fontsize=9)
         fig.tight_layout()
         p = out_dir / f"needle_{m}.png"
-        fig.savefig(p, dpi=110)
+        tmp = p.with_name(p.stem + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, p)
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(cells: Sequence[Cell], meta: dict, out: Path) -> list[Path]:
+    """``needle.json``, ``needle.md`` and the heatmaps in ``out`` (each replaced whole)."""
+    summary = summarize(cells)
+    _write_atomic(out / "needle.json", json.dumps(
+        {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
+        indent=1) + "\n")
+    _write_atomic(out / "needle.md", markdown(cells, summary, meta))
+    return heatmaps(cells, out)
+
+
+def merge_runs(folders: Sequence[Path], out: Path) -> tuple[list[Cell], dict]:
+    """Join the ``needle.json`` of shards (``--shard i/n``) into one report in ``out``.
+
+    The shards must come from the same benchmark (same model, haystack, configs and seed);
+    a cell measured by two of them is refused.
+    """
+    cells: list[Cell] = []
+    meta: dict | None = None
+    seen: set[tuple] = set()
+    same = ("model", "seed", "budget", "chunk_size", "haystack", "configs")
+    for folder in folders:
+        path = Path(folder) / "needle.json"
+        try:
+            data = json.loads(path.read_text())
+            part = [Cell(**c) for c in data["cells"]]
+            m = data["meta"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a needle.json ({e})") from None
+        if meta is None:
+            meta = dict(m, shards=[])
+        elif any(m.get(k) != meta.get(k) for k in same):
+            diff = [k for k in same if m.get(k) != meta.get(k)]
+            raise ValueError(f"{path}: another benchmark than {folders[0]} (differs in {', '.join(diff)})")
+        meta["shards"].append({"folder": str(folder), "shard": m.get("shard"), "seconds": m.get("seconds"),
+                               "device": m.get("device")})
+        for c in part:
+            key = (c.method, c.keys, c.length, c.depth)
+            if key in seen:
+                raise ValueError(f"{path}: cell {key} is also in another shard")
+            seen.add(key)
+            cells.append(c)
+    if meta is None:
+        raise ValueError("no shard folders given")
+    meta["seconds"] = max((s["seconds"] or 0.0) for s in meta["shards"])
+    cells.sort(key=lambda c: (METHODS.index(c.method), c.keys, c.length, c.depth))
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(cells, meta, out)
+    return cells, meta
 
 
 # --------------------------------------------------------------------------- CLI
@@ -706,6 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--repo", action="append", help="git repository to pack as the haystack (repeatable)")
     src.add_argument("--tokens", type=Path, help="haystack written by --pack-only")
+    src.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                     help="join the --out folders of --shard runs into one report in --out")
     ap.add_argument("--pack-only", type=Path, help="pack --repo into this .npz file and stop")
     ap.add_argument("--exclude", action="append", default=[], help="path glob left out of the pack (repeatable)")
     ap.add_argument("--max-tokens", type=int, default=None, help="keep only the first tokens of the pack")
@@ -727,6 +823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved passes over the depths (each covers all lengths)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="run only this process's share of the cells (processes 0..N-1, e.g. one "
+                         "per GPU or several per GPU), then join their --out folders with --merge")
     ap.add_argument("--bound-question", action="store_true",
                     help="let the cue choose blocks by the index's bounds even where the cache can "
                          "score the whole store exactly (SSACache.select_exact)")
@@ -738,6 +837,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
+    if args.merge:
+        if args.out is None:
+            return fail("--merge needs --out")
+        try:
+            cells, _ = merge_runs(args.merge, args.out)
+        except ValueError as e:
+            return fail(str(e))
+        print((args.out / "needle.md").read_text())
+        print(f"merged {len(cells)} cells from {len(args.merge)} folders into {args.out}", file=sys.stderr)
+        return 0
+    try:
+        shard = tuple(int(x) for x in args.shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+    except ValueError:
+        return fail(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     model_dir = Path(args.model)
     tok_dir = model_dir if (model_dir / "tokenizer.json").is_file() else TINY_MODEL_DIR
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
@@ -782,24 +897,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dense_max": args.dense_max, "haystack": hay.meta, "rounds": args.rounds,
         "configs": {m: c.to_dict() for m, c in configs.items() if m in methods},
         "torch": torch.__version__, "argv": list(argv) if argv is not None else sys.argv[1:],
+        "shard": list(shard),
     }
     t0 = time.time()
 
     def write(cells: Sequence[Cell]) -> list[Path]:
         # Written after every length, so a run cut short still leaves its measurements.
         meta["seconds"] = round(time.time() - t0, 1)
-        summary = summarize(cells)
-        (args.out / "needle.json").write_text(json.dumps(
-            {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
-            indent=1) + "\n")
-        (args.out / "needle.md").write_text(markdown(cells, summary, meta))
-        return heatmaps(cells, args.out)
+        return write_outputs(cells, meta, args.out)
 
     try:
         cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
                               methods=methods, configs=configs, dense_max=args.dense_max,
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
-                              rounds=args.rounds, log=lambda s: print(s, file=sys.stderr, flush=True),
+                              rounds=args.rounds, shard=shard,
+                              log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)
     except ValueError as e:
         return fail(str(e))

@@ -1,0 +1,56 @@
+"""Splitting the needle benchmark over processes (--shard) and joining the reports (--merge)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ssa_code.bench.needle import main, pack_haystack, plan_cells, shard_of
+from ssa_code.models import TINY_MODEL_DIR, default_tokenizer
+
+from .test_needle_prompt import committed_copy
+
+CHECKPOINT = [TINY_MODEL_DIR / "model.safetensors", TINY_MODEL_DIR / "config.json"]
+
+
+def test_shards_cover_every_cell_once_and_balance_the_work():
+    plan = plan_cells([4096, 2**20, 65536], [0.0, 0.5, 1.0], [1, 4], ["streaming", "ssa"], rounds=2)
+    assert len(plan) == len(set(plan)) == 3 * 3 * 2 * 2
+    for n in (1, 3, 5, len(plan) + 2):
+        owner = shard_of(plan, n)
+        assert sorted(set(owner)) == list(range(min(n, len(plan))))
+        load = [sum(c[1] for c, o in zip(plan, owner) if o == s) for s in range(n)]
+        # Longest first to the least loaded: no shard exceeds the mean by more than one cell.
+        assert max(load) <= sum(load) / n + max(c[1] for c in plan)
+    assert shard_of(plan, 4) == shard_of(list(plan), 4)  # every process computes the same split
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_sharded_runs_merge_into_the_unsharded_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
+    hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], default_tokenizer())
+    hay.save(tmp_path / "hay.npz")
+    args = ["--tokens", str(tmp_path / "hay.npz"), "--lengths", "512,1k", "--depths", "3", "--keys", "1",
+            "--methods", "streaming", "--budget", "640", "--chunk-size", "256", "--block-size", "32",
+            "--sinks", "16", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    for i in range(2):
+        assert main([*args, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
+    assert main(["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "merged")]) == 0
+
+    def cells(folder):
+        data = json.loads((tmp_path / folder / "needle.json").read_text())
+        return sorted((c["length"], c["depth"], c["expected"], c["output"]) for c in data["cells"])
+
+    parts = [cells("s0"), cells("s1")]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert cells("merged") == cells("all") and len(cells("all")) == 6
+    assert (tmp_path / "merged" / "needle_streaming.png").is_file()
+    # A shard given twice is refused, with one line and no traceback.
+    capsys.readouterr()
+    assert main(["--merge", str(tmp_path / "s0"), str(tmp_path / "s0"), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "also in another shard" in err and len(err.splitlines()) == 1
+    assert main([*args, "--shard", "2/2", "--out", str(tmp_path / "x")]) == 2
