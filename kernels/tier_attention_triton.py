@@ -10,9 +10,10 @@ short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023
 takes an equal share of the flattened key index (all ranges concatenated), walks it in one loop
 of tiles whose rows are gathered from their slots (as paged attention gathers pages), and writes
 a partial (out, lse) in fp32. The partials are merged (`combine`) by a small combine kernel
-("separate", the default), by the same kernel launched early with programmatic dependent launch
-("separate_pdl"), or by the split program that arrives last at a per-(row block, KV head)
-counter ("fused": the "last block" pattern of CUDA's threadFenceReduction sample, one launch).
+("separate"), by the same kernel launched early with programmatic dependent launch
+("separate_pdl", the default; "separate" where PDL is unavailable), or by the split program that
+arrives last at a per-(row block, KV head) counter ("fused": the "last block" pattern of CUDA's
+threadFenceReduction sample, one launch).
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
@@ -27,8 +28,9 @@ guess for Hopper (H100/H200), not yet measured. The flat key loop of the split-K
 1.01-1.21x faster than the per-range loop it replaced (`key_loop="ranges"`) on the H200
 (BENCHMARKS.md). The "fused" and "separate_pdl" merges are tested on CPU (where the interpreter
 runs programs one after another, so the last split always merges, and PDL is off) and passed the
-decode tests on the H200 (repeated launches, graph replays); their timings are pending (an
-earlier one-launch merge measured slower, see benchmarks/KERNELS_NOTES.md).
+decode tests on the H200 (repeated launches, graph replays). Timed on the H200 (BENCHMARKS.md):
+"separate_pdl" is the fastest at every size (0.3-0.7 us ahead of "separate"), "fused" 1.3-2.5x
+slower than both, like the earlier one-launch merge (benchmarks/KERNELS_NOTES.md).
 """
 from __future__ import annotations
 
@@ -449,20 +451,25 @@ _split_ranges_fwd = triton.autotune(
 # How the split-K path walks the buffer keys: "flat" (one loop over the flattened key index) or
 # "ranges" (one loop per range, the form measured before it; kept for benchmarks/bench_kernels.py).
 KEY_LOOPS = ("flat", "ranges")
-# How the split-K partials are merged: "separate" (a second launch, the combine kernel) or
-# "fused" (the split arriving last merges, one launch). A one-launch merge measured slower on
-# the H200 once (commit 8052445, with the per-range loop; reverted in f268d15), so the default
-# stays "separate" until benchmarks/bench_kernels.py --only decode has compared the two again.
-# "separate_pdl": the combine kernel with programmatic dependent launch (Hopper and later; as
-# "separate" under the interpreter), its launch overlapping the split kernel.
+# How the split-K partials are merged: "separate" (a second launch, the combine kernel),
+# "separate_pdl" (the same combine kernel launched with programmatic dependent launch, its launch
+# overlapping the split kernel; Hopper and later, run as "separate" under the interpreter and on
+# GPUs without it) or "fused" (the split arriving last merges, one launch).
+# Measured on the H200 (benchmarks/results/bench_kernels_decode_merges_h200.json, 33 splits,
+# cold, CUDA graph): separate_pdl 10.9 / 12.5 / 14.3 / 23.0 / 38.3 / 68.8 us at 8K / 12416 /
+# 16K / 32K / 64K / 128K slots, separate 0.3-0.7 us slower at every size (11.5 ... 69.1 us),
+# fused 1.3-2.5x slower (28.6 ... 90.2 us; an earlier one-launch merge, commit 8052445, was
+# slow in the same way). Hence the default.
 COMBINES = ("separate", "fused", "separate_pdl")
-DEFAULT_COMBINE = "separate"
+DEFAULT_COMBINE = "separate_pdl"
 # Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
 # 4 warps for D 128); more go through its chunked loop.
 _COMBINE_SPLITS = 64
 # Partials the fused merge loads at once: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
-# elements (32 KB: 64 registers a thread at 4 warps).
-_MERGE_ELEMS = 8192
+# elements (64 KB: 16 splits x 8 rows x 128, 3 dependent loads at 33 splits). Measured on the
+# H200 (same file as above): 16K elements 8.4-8.6 us faster than 8K at every size from 8K to
+# 128K slots (20.2 against 28.7 us at 8K); offline sm_90: 216-248 registers, no spill.
+_MERGE_ELEMS = 16384
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -523,6 +530,20 @@ def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[
     splits = min(triton.cdiv(sms, row_blocks * hkv), triton.cdiv(cap, _MIN_KEYS_PER_SPLIT),
                  _MAX_SPLITS)
     return block_m, max(1, splits)
+
+
+_PDL: dict = {}
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch (griddepcontrol): NVIDIA compute capability 9.0 and later,
+    compiled kernels only (not the interpreter). Elsewhere "separate_pdl" runs as "separate"."""
+    if interpreting() or device.type != "cuda" or torch.version.hip is not None:
+        return False
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _PDL:
+        _PDL[key] = torch.cuda.get_device_capability(key)[0] >= 9
+    return _PDL[key]
 
 
 _COUNTERS: dict = {}
@@ -610,7 +631,7 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
                      counters, float(scale), m, n_ranges, splits, *strides, SPLIT=True,
                      FUSED=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits, **consts)
         return out, lse
-    pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and not interpreting()
+    pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and pdl_supported(dev)
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part, lse,
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True,
                  **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)

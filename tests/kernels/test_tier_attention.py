@@ -347,6 +347,18 @@ def test_invalid_split_options_raise_value_error(bad, match):
         tier_attention(*inputs, 0.125, **bad)
 
 
+def test_default_merge_is_measured_fastest_and_falls_back_without_pdl():
+    """DEFAULT_COMBINE is "separate_pdl" (fastest on the H200, BENCHMARKS.md); PDL is used only
+    on compiled NVIDIA kernels of compute capability >= 9 (elsewhere it runs as "separate")."""
+    from ssa_code.kernels import tier_attention_triton as TA
+
+    assert TA.DEFAULT_COMBINE == "separate_pdl" and TA.DEFAULT_COMBINE in TA.COMBINES
+    assert not TA.pdl_supported(torch.device("cpu"))
+    if HAS_CUDA and not TA.interpreting():
+        major = torch.cuda.get_device_capability()[0]
+        assert TA.pdl_supported(torch.device("cuda")) == (major >= 9 and torch.version.hip is None)
+
+
 @pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,splits", [(1, None), (1, 3), (40, 1)])
