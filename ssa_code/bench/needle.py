@@ -468,19 +468,26 @@ def plan_cells(lengths: Sequence[int], depths: Sequence[float], keys: Sequence[i
             for m in methods]
 
 
+# Seconds per token of each method relative to SSA's, for balancing shards: the tiny model on
+# an H200 at 64K tokens (benchmarks/results/needle_h200/needle.log: 3.2 s SSA, 2.1 s infllm,
+# 1.0 s h2o, 0.8 s streaming, 0.4 s dense).
+METHOD_COST = {"dense": 0.15, "streaming": 0.25, "h2o": 0.3, "infllm": 0.65, "ssa": 1.0}
+
+
 def shard_of(cells: Sequence[tuple[int, int, int, int, str]], shards: int) -> list[int]:
     """The shard (process) of each planned cell, balancing the estimated work.
 
-    A cell's cost is taken as its length (prefill dominates; every method but dense is linear in
-    it). Longest first, each cell goes to the least loaded shard; ties go to the lower shard, so
-    every process computes the same assignment.
+    A cell's cost is its length times :data:`METHOD_COST` (prefill dominates and is linear in
+    the length for every method but dense). Dearest first, each cell goes to the least loaded
+    shard; ties go to the lower shard, so every process computes the same assignment.
     """
-    load = [0] * shards
+    cost = [c[1] * METHOD_COST.get(c[4], 1.0) for c in cells]
+    load = [0.0] * shards
     out = [0] * len(cells)
-    for i in sorted(range(len(cells)), key=lambda i: (-cells[i][1], i)):
+    for i in sorted(range(len(cells)), key=lambda i: (-cost[i], i)):
         j = min(range(shards), key=lambda s: (load[s], s))
         out[i] = j
-        load[j] += cells[i][1]
+        load[j] += cost[i]
     return out
 
 

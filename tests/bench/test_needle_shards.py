@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ssa_code.bench.needle import main, pack_haystack, plan_cells, shard_of
+from ssa_code.bench.needle import METHOD_COST, main, pack_haystack, plan_cells, shard_of
 from ssa_code.models import TINY_MODEL_DIR, default_tokenizer
 
 from .test_needle_prompt import committed_copy
@@ -20,9 +20,10 @@ def test_shards_cover_every_cell_once_and_balance_the_work():
     for n in (1, 3, 5, len(plan) + 2):
         owner = shard_of(plan, n)
         assert sorted(set(owner)) == list(range(min(n, len(plan))))
-        load = [sum(c[1] for c, o in zip(plan, owner) if o == s) for s in range(n)]
-        # Longest first to the least loaded: no shard exceeds the mean by more than one cell.
-        assert max(load) <= sum(load) / n + max(c[1] for c in plan)
+        cost = [c[1] * METHOD_COST[c[4]] for c in plan]
+        load = [sum(w for w, o in zip(cost, owner) if o == s) for s in range(n)]
+        # Dearest first to the least loaded: no shard exceeds the mean by more than one cell.
+        assert max(load) <= sum(load) / n + max(cost)
     assert shard_of(plan, 4) == shard_of(list(plan), 4)  # every process computes the same split
 
 
