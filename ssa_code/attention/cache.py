@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers.cache_utils import Cache
 
@@ -21,7 +20,6 @@ from ssa_code.attention.anchors import PinnedSpans
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.layer_state import SSALayer
 from ssa_code.attention.positions import default_far_distance, rope_parameters
-from ssa_code.attention.scoring import pick_with_successors, shared_blocks
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 STATE_FORMAT_VERSION = 2
@@ -83,9 +81,6 @@ class SSACache(Cache):
         # their staged blocks by exact attention over the whole store instead of the index's
         # bounds, and the answer keeps that choice (SSALayer._exact_select, scoring.py).
         self.select_exact = False
-        # The question chunk's exact block scores so far, one [H, N] tensor per layer (None:
-        # not yet chosen in this chunk), for the blocks every layer stages (question_choice).
-        self._question_scores: list[torch.Tensor | None] = []
         self._source_mass: torch.Tensor | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         # The static decode step (see SSALayer.static_step_ok): while static_mode is on, every
@@ -123,35 +118,6 @@ class SSACache(Cache):
             diff = {k: (self.fingerprint[k], theirs[k]) for k in theirs if theirs[k] != self.fingerprint.get(k)}
             raise ValueError(f"this SSACache was built for another model configuration (cache vs model: {diff})")
         self._accepted.append(model_config)
-
-    # -- the question's exact choice -------------------------------------------------------
-
-    def question_choice(self, layer_idx: int, scores: torch.Tensor) -> np.ndarray:
-        """Layer ``layer_idx``'s staged blocks ``[H, top_k]`` for a question chunk, from its
-        exact block scores ``[H, N]`` (``SSALayer._exact_select``).
-
-        With ``exact_share`` > 0 the blocks some layer's head gives at least that share of a
-        query's attention come first in every head (:func:`shared_blocks`): those of the layers
-        before this one at once, and the last layer re-stages the earlier ones for the answer
-        when a later layer found more (their attention for the question itself is done).
-        """
-        cfg = self.layers[layer_idx].cfg
-        if cfg.exact_share <= 0:
-            return pick_with_successors(scores, cfg.top_k)
-        n = len(self.layers)
-        if layer_idx == 0 or len(self._question_scores) != n:
-            self._question_scores = [None] * n
-        self._question_scores[layer_idx] = scores
-        known = [s for s in self._question_scores if s is not None]
-        shared = shared_blocks(known, cfg.exact_share, cfg.top_k // 4)
-        ids = pick_with_successors(scores, cfg.top_k, shared)
-        if layer_idx == n - 1:
-            for j, earlier in enumerate(self._question_scores[:-1]):
-                if earlier is not None:
-                    # Unchanged blocks cost nothing (Stager.place keeps them).
-                    self.layers[j].stager.stage_now(pick_with_successors(earlier, cfg.top_k, shared))
-            self._question_scores = []
-        return ids
 
     # -- the static decode step ---------------------------------------------------------
 

@@ -44,11 +44,6 @@ class SSAConfig:
             the store's keys per layer and question) instead of the index's bounds, and the
             answer keeps them (``SSACache.select_exact``). On the tiny model the bounds rank a
             needle's block about at chance; exact attention ranks it near the top.
-        exact_share: in that exact choice, a block that takes at least this share of one
-            question query's whole attention, in any layer and head, is staged in every layer
-            and head (at most ``top_k // 4`` such blocks, best first); 0 lets each layer choose
-            alone. A retrieval head that finds the line a question asks for is often alone in
-            the model; the other layers then also read that line when they write the answer.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -91,7 +86,6 @@ class SSAConfig:
     top_k: int = 32
     threshold: float = 0.0
     exact_question: bool = True
-    exact_share: float = 0.25
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -125,9 +119,6 @@ class SSAConfig:
             raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
         if not isinstance(self.exact_question, bool):
             raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
-        if not (isinstance(self.exact_share, (int, float)) and not isinstance(self.exact_share, bool)
-                and 0.0 <= self.exact_share <= 1.0):
-            raise ValueError(f"SSAConfig.exact_share must be in [0, 1], got {self.exact_share!r}")
         if self.far_distance is not None and (
             not isinstance(self.far_distance, int) or self.far_distance <= 0
         ):
@@ -177,8 +168,7 @@ class SSAConfig:
         - ``exact``: large window and retrieval budget: exact up to about 32K tokens.
         - ``streaming``: sinks + window only (StreamingLLM baseline).
         - ``h2o``: sinks + heavy hitters + window (H2O baseline).
-        - ``infllm``: sinks + window + retrieval, no summaries or heavy hitters, each layer
-          choosing its blocks alone (InfLLM-like).
+        - ``infllm``: sinks + window + retrieval, no summaries or heavy hitters (InfLLM-like).
         """
         presets: dict[str, dict[str, Any]] = {
             "default": {},
@@ -188,7 +178,7 @@ class SSAConfig:
             "exact": dict(window=16384, top_k=256, pinned=4096),
             "streaming": dict(pinned=0, heavy=0, summaries=0, top_k=0, store="none"),
             "h2o": dict(pinned=0, summaries=0, top_k=0, store="none"),
-            "infllm": dict(pinned=0, heavy=0, summaries=0, exact_share=0.0),
+            "infllm": dict(pinned=0, heavy=0, summaries=0),
         }
         if name not in presets:
             raise ValueError(f"unknown SSAConfig preset {name!r}; choose one of {', '.join(sorted(presets))}")

@@ -42,7 +42,7 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import exact_block_scores, top_entries
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
 from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store
 
@@ -543,7 +543,7 @@ class SSALayer(CacheLayerMixin):
         out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
                                   k_new, v_new, scale, kernels)
         if self.exact_staged:
-            self.stager.stage_now(self._exact_select(q, scale, lse))
+            self.stager.stage_now(self._exact_select(q, scale))
         else:
             self.stager.prepare()
             self.stager.install()
@@ -574,12 +574,10 @@ class SSALayer(CacheLayerMixin):
     # Logits of one run of keys in _exact_select (float32 elements, 128 MiB).
     EXACT_LOGITS = 1 << 25
 
-    def _exact_select(self, q: torch.Tensor, scale: float, held_lse: torch.Tensor | None = None) -> np.ndarray:
+    def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
         """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
         queries (of ``q [Hq, M, D]``) over every stored block (:func:`exact_block_scores`,
-        :func:`pick_with_successors`). ``held_lse [Hq, M]``: the queries' log-sum-exp over the
-        tiers besides the store and the chunk (the first pass of :meth:`_attend_chunk`), so
-        that blocks are ranked by their share of the whole attention.
+        :func:`pick_with_successors`).
 
         Reads every stored key once (``H * B * D`` elements per block), one run of blocks at a
         time (on the device with its logits, about ``EXACT_LOGITS`` of them), rotated to the
@@ -589,8 +587,6 @@ class SSALayer(CacheLayerMixin):
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
         inv = self.cache.inv_freq_on(self.device)
         q = q[:, -cfg.observe:]
-        if held_lse is not None:
-            held_lse = held_lse[:, -cfg.observe:]
         piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
 
         def runs():
@@ -601,14 +597,14 @@ class SSALayer(CacheLayerMixin):
                 yield first, rotate(k, self._eff(pos), inv)
 
         nb = self.store.num_blocks
-        scores = exact_block_scores(q, runs(), nb, b, scale, held_lse)
+        scores = exact_block_scores(q, runs(), nb, b, scale)
         held = self._held_positions()
         if held.shape[1]:
             # Tokens per block held at full resolution elsewhere (bucket nb: not a stored block).
             blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
-        return self.cache.question_choice(self.layer_idx, scores)
+        return pick_with_successors(scores, cfg.top_k)
 
     def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
         return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)

@@ -22,16 +22,12 @@ instead of by the index's bounds. On the bundled tiny model (CPU, needle benchma
 the bounds of a 64-token block ranked the needle's block about at chance in the heads that
 retrieve (34th-199th of 224), exact attention 0-45th. It costs one read of every stored
 key per layer and question, so decode never uses it: the answer keeps the question's blocks.
-A block's score is its share of the query's whole attention (the tiers on the accelerator
-included), and a block that takes a large share in any layer is staged in every layer
-(:func:`shared_blocks`, ``SSAConfig.exact_share``). Experimental: measured on the tiny model
-only.
+Experimental: measured on the tiny model only.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -103,7 +99,7 @@ def select_blocks(
 
 
 def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tensor]], n_blocks: int,
-                       block_size: int, scale: float, held_lse: torch.Tensor | None = None) -> torch.Tensor:
+                       block_size: int, scale: float) -> torch.Tensor:
     """Each stored block's largest share of one query's attention over all stored blocks.
 
     Args:
@@ -113,18 +109,12 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
             once each, on ``q``'s device, rotated to the positions attention shows them at.
         n_blocks: ``N``, blocks in the store.
         block_size: ``B``, tokens per block.
-        held_lse: ``[Hq, M]`` float32, optional: each query's log-sum-exp over the keys it
-            attends besides the store (the tiers on the accelerator and its own chunk, as
-            ``tier_attention`` returns it). With it a share is of the query's whole attention,
-            as dense attention would give it; without it, of its attention over the store.
 
     Returns ``[H, N]`` float32: ``max`` over the group's heads and the ``M`` queries of the
-    log of the share of that query's attention that falls on the block. A share per query row
-    (not a raw logit) so that a query that attends everywhere alike decides nothing; a share
-    of the whole attention (``held_lse``) so that a head that looks at its window and sinks,
-    and gives the store little mass in all, decides nothing either (its favourite stored block
-    would otherwise look as certain as a retrieval head's). Memory: ``Hq * M * N`` floats
-    besides one run of keys.
+    log of the share of that query's attention (softmax over the keys of all ``N`` blocks)
+    that falls on the block. A share per query row (not a raw logit) so that a query that
+    attends everywhere alike decides nothing. Memory: ``Hq * M * N`` floats besides
+    one run of keys.
     """
     hq, m, d = q.shape
     lse: torch.Tensor | None = None
@@ -139,20 +129,16 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
         lse[:, :, first:first + n] = logits.view(h, -1, n, block_size).logsumexp(-1)
     if lse is None:
         raise ValueError("key_runs is empty: there is no stored block to score")
-    norm = lse.logsumexp(-1, keepdim=True)  # [H, G * M, 1]
-    if held_lse is not None:
-        norm = torch.logaddexp(norm, held_lse.float().reshape(norm.shape))
-    return (lse - norm).amax(1)
+    return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
 
 
-def pick_with_successors(scores: torch.Tensor, top_k: int, first: Sequence[int] = ()) -> np.ndarray:
+def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
     """``[H, N]`` block scores -> ``[H, top_k]`` block ids (``-1`` = none), on the host.
 
-    The blocks ``first`` (chosen for every head, see :func:`shared_blocks`), then the best
-    ``top_k // 2`` blocks (at least one), each followed by the block after it, then the next
-    best blocks until ``top_k`` distinct ids are chosen. The successor keeps a line that
-    straddles a block boundary (a needle's value after its key) whole. Scores of ``-inf``
-    (blocks not worth staging) are never chosen, not even from ``first``.
+    The best ``top_k // 2`` blocks (at least one), each followed by the block after it, then
+    the next best blocks until ``top_k`` distinct ids are chosen. The successor keeps a line
+    that straddles a block boundary (a needle's value after its key) whole. Scores of
+    ``-inf`` (blocks not worth staging) are never chosen.
     """
     h, n = scores.shape
     out = np.full((h, top_k), -1, dtype=np.int64)
@@ -167,27 +153,10 @@ def pick_with_successors(scores: torch.Tensor, top_k: int, first: Sequence[int] 
     for head in range(h):
         order = best[head][ok[head]]
         pairs = []
-        for block in [b for b in first if 0 <= b < n and finite[head, b]] + order[:half].tolist():
+        for block in order[:half].tolist():
             pairs.append(block)
             if block + 1 < n and finite[head, block + 1]:
                 pairs.append(block + 1)
         row = list(dict.fromkeys(pairs + order.tolist()))[:top_k]
         out[head, : len(row)] = row
     return out
-
-
-def shared_blocks(scores: Iterable[torch.Tensor], min_share: float, limit: int) -> list[int]:
-    """Blocks that some layer's head gives at least ``min_share`` of a query's attention.
-
-    ``scores``: one ``[H, N]`` tensor per layer, as :func:`exact_block_scores` returns them
-    (log shares of the whole attention). At most ``limit`` ids, by best share first.
-    """
-    best: torch.Tensor | None = None
-    for s in scores:
-        top = s.amax(0)
-        best = top if best is None else torch.maximum(best, top)
-    if best is None or min_share <= 0 or limit <= 0:
-        return []
-    vals, ids = torch.topk(best, min(limit, best.shape[0]))
-    keep = vals >= math.log(min_share)
-    return ids[keep].tolist()

@@ -9,7 +9,7 @@ import torch
 from ssa_code import SSACache, patch
 from ssa_code.attention.positions import rotate
 from ssa_code.attention.store import HostStore
-from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, shared_blocks
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors
 from ssa_code.engine.decode import Decoder
 from ssa_code.engine.prefill import prefill
 
@@ -20,19 +20,16 @@ from .conftest import SMALL, tiny_model
 CFG = SMALL.replace(top_k=4, decode_refresh=4, decode_evict=2)
 
 
-def block_scores_reference(q: torch.Tensor, k: torch.Tensor, block: int, scale: float,
-                           extra: torch.Tensor | None = None) -> torch.Tensor:
-    """Brute force in float64: softmax over every key (the stored ``k`` and, if given, the
-    ``extra`` keys held elsewhere), mass per stored block, log, max over a group's rows."""
+def block_scores_reference(q: torch.Tensor, k: torch.Tensor, block: int, scale: float) -> torch.Tensor:
+    """Brute force in float64: softmax over every key, mass per block, log, max over a group's rows."""
     hq, m, d = q.shape
     h, t, _ = k.shape
     g = hq // h
     out = torch.empty(h, t // block, dtype=torch.float64)
     for head in range(h):
         rows = q[head * g:(head + 1) * g].reshape(g * m, d).double()
-        keys = k[head] if extra is None else torch.cat([k[head], extra[head]])
-        p = torch.softmax(rows @ keys.double().T * scale, dim=-1)[:, :t]  # [G * M, T]
-        out[head] = p.reshape(g * m, t // block, block).sum(-1).log().amax(0)
+        p = torch.softmax(rows @ k[head].double().T * scale, dim=-1)  # [G * M, T]
+        out[head] = p.view(g * m, t // block, block).sum(-1).log().amax(0)
     return out
 
 
@@ -49,27 +46,6 @@ def test_exact_block_scores_match_brute_force(piece):
     err = (got.double() - want).abs().max().item()
     assert got.shape == (h, nb) and got.dtype == torch.float32
     assert err < 1e-5, f"exact block scores differ from the float64 reference by {err:.2e}"
-
-
-def test_exact_block_scores_count_the_keys_held_elsewhere():
-    """With ``held_lse`` a share is of the whole attention: a head that looks at its held keys
-    gives every stored block a small share, however peaked its attention over the store."""
-    gen = torch.Generator().manual_seed(3)
-    h, g, m, d, b, nb, e = 2, 2, 4, 16, 4, 6, 9
-    q = torch.randn(h * g, m, d, generator=gen)
-    k = torch.randn(h, nb * b, d, generator=gen)
-    extra = torch.randn(h, e, d, generator=gen)
-    extra[1] = 3 * q[g:].mean((0, 1))  # KV head 1's queries look at a held key
-    scale = d ** -0.5
-    held = torch.logsumexp(torch.einsum("hgmd,hed->hgme", q.view(h, g, m, d), extra) * scale, -1)
-    got = exact_block_scores(q, [(0, k)], nb, b, scale, held_lse=held.reshape(h * g, m))
-    want = block_scores_reference(q, k, b, scale, extra)
-    err = (got.double() - want).abs().max().item()
-    assert err < 1e-5, f"shares of the whole attention differ from the float64 reference by {err:.2e}"
-    alone = exact_block_scores(q, [(0, k)], nb, b, scale)
-    assert (got <= alone + 1e-6).all()
-    # The head whose queries look at a held key loses more of its stored blocks' shares.
-    assert (alone[1] - got[1]).mean() > (alone[0] - got[0]).mean() + 0.3
 
 
 def test_exact_block_scores_in_bfloat16_stay_close():
@@ -96,21 +72,6 @@ def test_pick_with_successors():
     scores = torch.tensor([[3.0, float("-inf"), 1.0]])
     assert pick_with_successors(scores, 4).tolist() == [[0, 2, -1, -1]]
     assert pick_with_successors(torch.tensor([[1.0, 2.0]]), 1).tolist() == [[1]]
-    # Blocks chosen for every head come first, with their successors, unless -inf for the head.
-    scores = torch.tensor([[0.0, 1.0, 5.0, 2.0, 4.0, 3.0, -1.0, -2.0],
-                           [9.0, 1.0, 2.0, 3.0, 4.0, 5.0, float("-inf"), 8.0]])
-    assert pick_with_successors(scores, 4, first=[6]).tolist() == [[6, 7, 2, 3], [0, 1, 7, 5]]
-
-
-def test_shared_blocks():
-    log = np.log
-    a = torch.tensor([[log(0.1), log(0.6), log(0.01)], [log(0.3), log(0.2), log(0.05)]]).float()
-    b = torch.tensor([[log(0.02), log(0.01), log(0.9)], [log(0.1), log(0.1), log(0.1)]]).float()
-    assert shared_blocks([a, b], 0.25, 3) == [2, 1, 0]  # 0.9, 0.6, 0.3: best first
-    assert shared_blocks([a, b], 0.25, 2) == [2, 1]
-    assert shared_blocks([a], 0.5, 3) == [1]
-    assert shared_blocks([a, b], 0.95, 3) == [] and shared_blocks([a, b], 0.0, 3) == []
-    assert shared_blocks([], 0.25, 3) == []
 
 
 def _filled(model, cfg, n: int = 700, seed: int = 0) -> SSACache:
@@ -121,63 +82,31 @@ def _filled(model, cfg, n: int = 700, seed: int = 0) -> SSACache:
     return cache
 
 
-def _plant(cache, layer_idx: int, planted: list[int], decoys: list[int], seed: int = 5):
-    """Make stored block ``planted[h]`` of KV head h, rotated where attention shows it, equal a
-    unit vector ``u[h]`` times 8 (``decoys[h]`` equals it before rotation). Returns the group's
-    queries ``[Hq, 3, D]`` along ``u``."""
-    layer = cache.layers[layer_idx]
-    h, d, b = layer.heads, layer.dim, cache.ssa_config.block_size
-    sinks = cache.ssa_config.sinks
-    g = cache.model_config.num_attention_heads // h
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randn(h, d, generator=gen)
-    u = 8 * u / u.norm(dim=-1, keepdim=True)
-    k_raw, v = layer.store.state()["k"].clone(), layer.store.state()["v"].clone()  # [H, N, B, D]
-    for head, blk in enumerate(planted):
-        # A decoy: keys equal to u before rotation, so it wins if the keys are not rotated.
-        k_raw[head, decoys[head]] = u[head]
-        pos = sinks + blk * b + torch.arange(b)
-        # Un-rotated so that rotating to the block's effective positions gives u exactly.
-        k_raw[head, blk] = rotate(u[head].expand(b, d), -layer._eff(pos), cache.inv_freq_on(layer.device))
-    layer.store = HostStore(h, b, d, layer.dtype)
-    layer.store.append(k_raw, v)
-    return u.repeat_interleave(g, dim=0)[:, None, :].expand(h * g, 3, d)
-
-
-def test_a_block_one_layer_finds_is_staged_in_every_layer():
-    """exact_share: a block that takes most of one layer's attention is staged by every layer and
-    head, including the layers that chose before it (re-staged when the last layer chooses)."""
-    model = tiny_model("llama", num_hidden_layers=3)
-    d = model.config.hidden_size // model.config.num_attention_heads
-    rand = torch.Generator().manual_seed(11)
-
-    def choose(cfg):
-        cache = _filled(model, cfg)
-        q_found = _plant(cache, 1, [7, 7], [30, 12])
-        for layer in cache.layers:
-            q = q_found if layer.layer_idx == 1 else torch.randn(q_found.shape, generator=rand)
-            layer.stager.stage_now(layer._exact_select(q, d ** -0.5))
-        return _staged_sets(cache)
-
-    shared = choose(CFG)
-    assert len(shared) == 3 and all({7, 8} <= head for layer in shared for head in layer)
-    alone = choose(CFG.replace(exact_share=0.0))
-    assert all({7, 8} <= head for head in alone[1])
-    assert not all({7, 8} <= head for layer in alone for head in layer)
-
-
 def test_a_planted_block_is_chosen_with_its_successor():
     """A stored block whose keys, rotated where attention shows them, equal a group's query wins."""
     model = tiny_model("llama")
     # Far keys shown at most 200 positions away: effective positions differ from true ones.
-    # Each layer chooses alone (exact_share 0): the two heads' blocks stay apart.
-    cache = _filled(model, CFG.replace(far_distance=200, exact_share=0.0))
+    cache = _filled(model, CFG.replace(far_distance=200))
     layer = cache.layers[0]
     assert not torch.equal(layer._eff(torch.tensor([CFG.sinks + 7 * CFG.block_size])),
                            torch.tensor([CFG.sinks + 7 * CFG.block_size]))
-    h, d, nb = layer.heads, layer.dim, layer.store.num_blocks
-    planted = [7, 20]  # per KV head
-    q = _plant(cache, 0, planted, [30, 12])
+    h, d, b, nb = layer.heads, layer.dim, CFG.block_size, layer.store.num_blocks
+    hq = model.config.num_attention_heads
+    g = hq // h
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(h, d, generator=gen)
+    u = 8 * u / u.norm(dim=-1, keepdim=True)
+    planted, decoys = [7, 20], [30, 12]  # per KV head
+    k_raw, v = layer.store.state()["k"].clone(), layer.store.state()["v"].clone()  # [H, N, B, D]
+    for head, blk in enumerate(planted):
+        # A decoy: keys equal to u before rotation, so it wins if the keys are not rotated.
+        k_raw[head, decoys[head]] = u[head]
+        pos = CFG.sinks + blk * b + torch.arange(b)
+        # Un-rotated so that rotating to the block's effective positions gives u exactly.
+        k_raw[head, blk] = rotate(u[head].expand(b, d), -layer._eff(pos), cache.inv_freq_on(layer.device))
+    layer.store = HostStore(h, b, d, layer.dtype)
+    layer.store.append(k_raw, v)
+    q = u.repeat_interleave(g, dim=0)[:, None, :].expand(hq, 3, d)  # [Hq, 3, D]
     ids = layer._exact_select(q, d ** -0.5)
     assert ids.shape == (h, CFG.top_k)
     for head, blk in enumerate(planted):
