@@ -44,12 +44,6 @@ class SSAConfig:
             the store's keys per layer and question) instead of the index's bounds, and the
             answer keeps them (``SSACache.select_exact``). On the tiny model the bounds rank a
             needle's block about at chance; exact attention ranks it near the top.
-        exact_ratio: in that exact choice, a stored block is staged only if some question
-            query gives it at least this fraction of the mass it gives its most attended
-            block already on the accelerator (pinned, heavy, window, the question; not the
-            sinks). 0 stages the ``top_k`` best whatever their mass. Retrieval then adds what
-            the context lacks rather than the most attractive lookalikes of a long haystack
-            (on the tiny model they made a needle inside the window unreadable).
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -92,7 +86,6 @@ class SSAConfig:
     top_k: int = 32
     threshold: float = 0.0
     exact_question: bool = True
-    exact_ratio: float = 0.5
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -126,9 +119,6 @@ class SSAConfig:
             raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
         if not isinstance(self.exact_question, bool):
             raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
-        if not (isinstance(self.exact_ratio, (int, float)) and not isinstance(self.exact_ratio, bool)
-                and math.isfinite(self.exact_ratio) and self.exact_ratio >= 0):
-            raise ValueError(f"SSAConfig.exact_ratio must be a number >= 0, got {self.exact_ratio!r}")
         if self.far_distance is not None and (
             not isinstance(self.far_distance, int) or self.far_distance <= 0
         ):

@@ -31,8 +31,6 @@ A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
 
 from __future__ import annotations
 
-import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,7 +42,7 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import best_block_lse, exact_block_scores, pick_with_successors, top_entries
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
 from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store
 
@@ -545,7 +543,7 @@ class SSALayer(CacheLayerMixin):
         out, lse = tier_attention(q, self.k, self.v, self.bias, self._ranges_of((sink, pin, heavy, window)),
                                   k_new, v_new, scale, kernels)
         if self.exact_staged:
-            self.stager.stage_now(self._exact_select(q, scale, k_new))
+            self.stager.stage_now(self._exact_select(q, scale))
         else:
             self.stager.prepare()
             self.stager.install()
@@ -576,15 +574,10 @@ class SSALayer(CacheLayerMixin):
     # Logits of one run of keys in _exact_select (float32 elements, 128 MiB).
     EXACT_LOGITS = 1 << 25
 
-    def _exact_select(self, q: torch.Tensor, scale: float, k_new: torch.Tensor | None = None) -> np.ndarray:
+    def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
         """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
         queries (of ``q [Hq, M, D]``) over every stored block (:func:`exact_block_scores`,
         :func:`pick_with_successors`).
-
-        A block is scored against the query's most attended block on the accelerator (pinned,
-        heavy hitters, window and the chunk's own keys ``k_new [H, M, D]``; sinks left out,
-        :func:`best_block_lse`), and chosen only if it draws at least ``exact_ratio`` of that
-        mass (its successor need not); ``k_new`` None scores by share of the store.
 
         Reads every stored key once (``H * B * D`` elements per block), one run of blocks at a
         time (on the device with its logits, about ``EXACT_LOGITS`` of them), rotated to the
@@ -593,9 +586,7 @@ class SSALayer(CacheLayerMixin):
         """
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
         inv = self.cache.inv_freq_on(self.device)
-        m = q.shape[1]
         q = q[:, -cfg.observe:]
-        ref = None if k_new is None else self._best_held_lse(q, k_new, m, scale)
         piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
 
         def runs():
@@ -606,29 +597,14 @@ class SSALayer(CacheLayerMixin):
                 yield first, rotate(k, self._eff(pos), inv)
 
         nb = self.store.num_blocks
-        scores = exact_block_scores(q, runs(), nb, b, scale, ref)
+        scores = exact_block_scores(q, runs(), nb, b, scale)
         held = self._held_positions()
         if held.shape[1]:
             # Tokens per block held at full resolution elsewhere (bucket nb: not a stored block).
             blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
-        floor = math.log(cfg.exact_ratio) if ref is not None and cfg.exact_ratio > 0 else float("-inf")
-        return pick_with_successors(scores, cfg.top_k, floor)
-
-    def _best_held_lse(self, q_obs: torch.Tensor, k_new: torch.Tensor, m: int, scale: float) -> torch.Tensor:
-        """``[Hq, O]``: for the chunk's last ``O`` queries ``q_obs`` (of ``m``), the log of the
-        mass of their most attended block on the accelerator (pinned, heavy hitters, window
-        and the chunk itself, by position blocks; :func:`best_block_lse`)."""
-        sink, pin, heavy, _, _, window = self._spans(self._ring_used())
-        slots = torch.cat([torch.arange(a, e, device=self.device) for a, e in (pin, heavy, window)])
-        pos = self.pos[:, slots].masked_fill(~torch.isfinite(self.bias[:, slots]), -1)
-        p0 = self.seen
-        new_pos = torch.arange(p0, p0 + m, device=self.device)
-        keys = torch.cat([self.k[:, slots], k_new.to(self.k.dtype)], dim=1)
-        key_pos = torch.cat([pos, new_pos.expand(self.heads, m)], dim=1)
-        return best_block_lse(q_obs, keys, key_pos, new_pos[m - q_obs.shape[1]:], self.cfg.block_size,
-                              self.cfg.sinks, scale)
+        return pick_with_successors(scores, cfg.top_k)
 
     def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
         return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)

@@ -22,10 +22,7 @@ instead of by the index's bounds. On the bundled tiny model (CPU, needle benchma
 the bounds of a 64-token block ranked the needle's block about at chance in the heads that
 retrieve (34th-199th of 224), exact attention 0-45th. It costs one read of every stored
 key per layer and question, so decode never uses it: the answer keeps the question's blocks.
-A block is compared with the block the query attends most among those already on the
-accelerator (:func:`best_block_lse`) and staged only if it would draw at least
-``SSAConfig.exact_ratio`` of that: retrieval adds what the context lacks, not the most
-attractive distractors of a long haystack. Experimental: measured on the tiny model only.
+Experimental: measured on the tiny model only.
 """
 
 from __future__ import annotations
@@ -102,8 +99,8 @@ def select_blocks(
 
 
 def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tensor]], n_blocks: int,
-                       block_size: int, scale: float, ref_lse: torch.Tensor | None = None) -> torch.Tensor:
-    """Each stored block's attention mass from one query, at most, against a reference mass.
+                       block_size: int, scale: float) -> torch.Tensor:
+    """Each stored block's largest share of one query's attention over all stored blocks.
 
     Args:
         q: ``[Hq, M, D]`` queries (a group of ``Hq / H`` query heads per KV head, as in
@@ -112,15 +109,12 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
             once each, on ``q``'s device, rotated to the positions attention shows them at.
         n_blocks: ``N``, blocks in the store.
         block_size: ``B``, tokens per block.
-        ref_lse: ``[Hq, M]`` float32, optional: the log of each query's reference mass (for
-            SSA the mass of the query's most attended block on the accelerator,
-            :func:`best_block_lse`). Default: the query's mass over all ``N`` stored blocks.
 
     Returns ``[H, N]`` float32: ``max`` over the group's heads and the ``M`` queries of the
-    log of (the block's unnormalised attention mass from that query / the query's reference
-    mass); by default the log of the block's share of the query's attention over the store.
-    Per query row, not a raw logit, so that a query that attends everywhere alike decides
-    nothing. Memory: ``Hq * M * N`` floats besides one run of keys.
+    log of the share of that query's attention (softmax over the keys of all ``N`` blocks)
+    that falls on the block. A share per query row (not a raw logit) so that a query that
+    attends everywhere alike decides nothing. Memory: ``Hq * M * N`` floats besides
+    one run of keys.
     """
     hq, m, d = q.shape
     lse: torch.Tensor | None = None
@@ -135,61 +129,16 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
         lse[:, :, first:first + n] = logits.view(h, -1, n, block_size).logsumexp(-1)
     if lse is None:
         raise ValueError("key_runs is empty: there is no stored block to score")
-    ref = lse.logsumexp(-1, keepdim=True)  # [H, G * M, 1]
-    if ref_lse is not None:
-        given = ref_lse.float().reshape(ref.shape)
-        # A query that sees no block on the accelerator compares with the store instead.
-        ref = torch.where(torch.isfinite(given), given, ref)
-    return (lse - ref).amax(1)
+    return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
 
 
-def best_block_lse(q: torch.Tensor, keys: torch.Tensor, key_pos: torch.Tensor, q_pos: torch.Tensor,
-                   block_size: int, first: int, scale: float) -> torch.Tensor:
-    """Per query, the log of the largest unnormalised attention mass one block of keys gets.
-
-    Args:
-        q: ``[Hq, M, D]`` queries, in groups of ``Hq / H`` per KV head.
-        keys: ``[H, S, D]`` keys, rotated as attention sees them.
-        key_pos: ``[H, S]`` int64 positions of the keys (``-1``: an empty slot).
-        q_pos: ``[M]`` positions of the queries: a query sees keys at or before its position.
-        block_size, first: a block is ``block_size`` positions from ``first`` on; keys before
-            ``first`` (the attention sinks, which absorb mass without carrying content) and
-            empty slots belong to no block.
-
-    Returns ``[Hq, M]`` float32 (``-inf`` where a query sees no key of any block).
-    """
-    hq, m, d = q.shape
-    h = keys.shape[0]
-    g = hq // h
-    out = torch.full((h, g * m), float("-inf"), dtype=torch.float32, device=q.device)
-    qpos = q_pos.to(q.device).repeat(g)  # [G * M], rows ordered (group head, query)
-    for head in range(h):
-        pos = key_pos[head]
-        valid = pos >= first
-        if not bool(valid.any()):
-            continue
-        k, kp = keys[head][valid].float(), pos[valid]
-        bins, inverse = torch.unique(torch.div(kp - first, block_size, rounding_mode="floor"),
-                                     return_inverse=True)
-        rows = q[head * g:(head + 1) * g].reshape(g * m, d).float()
-        logits = (rows @ k.T) * scale  # [G * M, S']
-        logits = logits.masked_fill(kp[None, :] > qpos[:, None], float("-inf"))
-        top = logits.amax(-1, keepdim=True)
-        shift = torch.where(torch.isfinite(top), top, 0.0)
-        mass = torch.zeros(g * m, bins.numel(), dtype=torch.float32, device=q.device)
-        mass.scatter_add_(1, inverse.expand(g * m, -1), (logits - shift).exp())
-        out[head] = mass.amax(-1).log() + shift[:, 0]
-    return out.reshape(hq, m)
-
-
-def pick_with_successors(scores: torch.Tensor, top_k: int, min_score: float = float("-inf")) -> np.ndarray:
+def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
     """``[H, N]`` block scores -> ``[H, top_k]`` block ids (``-1`` = none), on the host.
 
     The best ``top_k // 2`` blocks (at least one), each followed by the block after it, then
     the next best blocks until ``top_k`` distinct ids are chosen. The successor keeps a line
-    that straddles a block boundary (a needle's value after its key) whole. Only blocks
-    scoring at least ``min_score`` are chosen on their own score (a successor need not be);
-    scores of ``-inf`` (blocks not worth staging) are never chosen.
+    that straddles a block boundary (a needle's value after its key) whole. Scores of
+    ``-inf`` (blocks not worth staging) are never chosen.
     """
     h, n = scores.shape
     out = np.full((h, top_k), -1, dtype=np.int64)
@@ -197,7 +146,7 @@ def pick_with_successors(scores: torch.Tensor, top_k: int, min_score: float = fl
         return out
     # The 2 * top_k best blocks are candidates enough: they alone hold top_k distinct ids.
     best_s, best_i = torch.topk(scores.float(), min(n, 2 * top_k), dim=-1)
-    ok = (torch.isfinite(best_s) & (best_s >= min_score)).cpu().numpy()
+    ok = torch.isfinite(best_s).cpu().numpy()
     best = best_i.cpu().numpy()
     finite = torch.isfinite(scores).cpu().numpy()
     half = max(1, top_k // 2)

@@ -62,8 +62,7 @@ DEFAULT_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048
 
 def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: int = 64,
                    sinks: int = 64, max_position: int = 4096, store: str = "host",
-                   index_size: int = 16384, exact_question: bool = True,
-                   exact_ratio: float | None = None) -> dict[str, Any]:
+                   index_size: int = 16384, exact_question: bool = True) -> dict[str, Any]:
     """One :class:`ssa_code.SSAConfig` per SSA-cache method, each using at most ``budget`` slots.
 
     ``budget`` counts key/value slots per layer and KV head (``SSAConfig.capacity``). The
@@ -78,8 +77,7 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
 
     infllm and ssa share the retrieval mechanism: the index's bounds for the haystack's chunks
     and, with ``exact_question``, exact attention over the store for the cue (``SSAConfig.
-    exact_question``, and ``exact_ratio``: None keeps SSAConfig's), so the two differ by SSA's
-    other tiers only.
+    exact_question``), so the two differ by SSA's other tiers only.
     """
     from ssa_code import SSAConfig
 
@@ -92,8 +90,6 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     # (decode_evict=1) and the budget goes to the tiers.
     common = dict(sinks=sinks, block_size=block_size, chunk_size=chunk_size, index_size=index_size,
                   rebase_every=min(256, chunk_size), decode_evict=1, exact_question=exact_question)
-    if exact_ratio is not None:
-        common["exact_ratio"] = exact_ratio
     ring_extra = block_size
 
     def window(rest: int) -> int:
@@ -678,8 +674,7 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
     for m, cfg in meta["configs"].items():
         lines.append(f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
                                                if k in ("sinks", "pinned", "heavy", "window", "summaries",
-                                                        "top_k", "block_size", "store", "chunk_size",
-                                                        "exact_question", "exact_ratio")))
+                                                        "top_k", "block_size", "store", "chunk_size")))
     if "dense" in methods:
         lines.append(f"- `dense`: transformers SDPA, full KV cache, run up to {meta['dense_max']} tokens")
     return "\n".join(lines) + "\n"
@@ -838,8 +833,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only this process's share of the cells (processes 0..N-1, e.g. one "
                          "per GPU or several per GPU), then join their --out folders with --merge")
-    ap.add_argument("--exact-ratio", type=float, default=None,
-                    help="SSAConfig.exact_ratio for the question's exact choice (default: SSAConfig's)")
     ap.add_argument("--bound-question", action="store_true",
                     help="let the cue choose blocks by the index's bounds even where the cache can "
                          "score the whole store exactly (SSACache.select_exact)")
@@ -897,8 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mcfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
         configs = method_configs(args.budget, chunk_size=args.chunk_size, block_size=args.block_size,
                                  sinks=args.sinks, max_position=mcfg.max_position_embeddings,
-                                 store=args.store, exact_question=not args.bound_question,
-                                 exact_ratio=args.exact_ratio)
+                                 store=args.store, exact_question=not args.bound_question)
     except ValueError as e:
         return fail(str(e))
     depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
