@@ -26,6 +26,10 @@ The GPU machine has no tree-sitter, so packing and running are split::
     python -m ssa_code.bench.needle --repo PATH --pack-only bench_data/haystack.npz   # here
     python -m ssa_code.bench.needle --tokens bench_data/haystack.npz --out $OUT       # GPU
 
+A run can be split over processes or GPUs: each runs ``--shard I/N`` (the cells are shared out
+by estimated cost, the prompts do not depend on the split) and ``--merge DIR...`` joins their
+``--out`` folders into one report (``scripts/device_needle.sh`` does both on the GPU machine).
+
 Output in ``--out``: ``needle.json`` (every cell), ``needle.md`` (tables) and one heatmap
 ``needle_<method>.png`` (depth x length, one panel per key count). Cells that the time
 budget (``--max-minutes``) or ``--dense-max`` left out are reported as not run, never guessed.
