@@ -146,16 +146,18 @@ def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
         return out
     # The 2 * top_k best blocks are candidates enough: they alone hold top_k distinct ids.
     best_s, best_i = torch.topk(scores.float(), min(n, 2 * top_k), dim=-1)
-    ok = torch.isfinite(best_s).cpu().numpy()
-    best = best_i.cpu().numpy()
-    finite = torch.isfinite(scores).cpu().numpy()
+    # Whether each candidate's successor may be staged: [H, 2 * top_k] to the host, not [H, N].
+    nxt = best_i + 1
+    succ = (nxt < n) & torch.isfinite(scores.gather(1, nxt.clamp(max=n - 1)))
+    ok, best, succ = (t.cpu().numpy() for t in (torch.isfinite(best_s), best_i, succ))
     half = max(1, top_k // 2)
     for head in range(h):
         order = best[head][ok[head]]
+        has_succ = succ[head][ok[head]]
         pairs = []
-        for block in order[:half].tolist():
+        for block, follow in zip(order[:half].tolist(), has_succ[:half].tolist()):
             pairs.append(block)
-            if block + 1 < n and finite[head, block + 1]:
+            if follow:
                 pairs.append(block + 1)
         row = list(dict.fromkeys(pairs + order.tolist()))[:top_k]
         out[head, : len(row)] = row
