@@ -44,7 +44,7 @@ from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
 from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
 from ssa_code.attention.staging import Stager
-from ssa_code.attention.store import BlockStore, make_store
+from ssa_code.attention.store import BlockStore, make_store, to_device_runs
 
 if TYPE_CHECKING:
     from ssa_code.attention.cache import SSACache
@@ -590,9 +590,9 @@ class SSALayer(CacheLayerMixin):
         piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
 
         def runs():
-            for first, k_raw in self.store.key_runs(piece):
+            for first, k_raw in to_device_runs(self.store.key_runs(piece), self.device):
                 n = k_raw.shape[0]
-                k = k_raw.to(self.device).transpose(0, 1).reshape(h, n * b, -1)
+                k = k_raw.transpose(0, 1).reshape(h, n * b, -1)
                 pos = cfg.sinks + torch.arange(first * b, (first + n) * b, device=self.device)
                 yield first, rotate(k, self._eff(pos), inv)
 

@@ -50,6 +50,36 @@ def _copy_stream(device: torch.device) -> torch.cuda.Stream:
     return stream
 
 
+def to_device_runs(runs: Iterator[tuple[int, torch.Tensor]],
+                   device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    """``runs`` (``(first id, host tensor)``, e.g. :meth:`BlockStore.key_runs`) copied to ``device``.
+
+    On CUDA each run goes through one of two page-locked buffers and is sent without waiting:
+    the host copies the next run while the accelerator receives and uses this one (a copy
+    straight from pageable memory waits on the driver's own staging). A yielded tensor stays
+    valid while the caller holds it; the buffers come from PyTorch's caching host allocator,
+    so a later call reuses them instead of locking new pages.
+    """
+    if device.type != "cuda":
+        for first, t in runs:
+            yield first, t.to(device)
+        return
+    bufs: list[torch.Tensor | None] = [None, None]
+    sent: list[torch.cuda.Event | None] = [None, None]
+    for i, (first, t) in enumerate(runs):
+        j = i % 2
+        if sent[j] is not None:
+            sent[j].synchronize()  # the transfer out of buffer j (two runs ago) is over
+        if bufs[j] is None or bufs[j].numel() < t.numel():
+            bufs[j] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+        host = bufs[j][: t.numel()].view(t.shape)
+        host.copy_(t)
+        out = host.to(device, non_blocking=True)
+        sent[j] = torch.cuda.Event()
+        sent[j].record()
+        yield first, out
+
+
 def _rows(t: torch.Tensor) -> np.ndarray:
     """A numpy view of ``t`` (``[..., B, D]``, 2-byte or 4-byte elements) as rows of ``B * D``."""
     raw = t.view(torch.int16 if t.element_size() == 2 else torch.int32)

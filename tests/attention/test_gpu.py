@@ -116,3 +116,37 @@ def test_host_store_round_trip_from_cuda():
     assert torch.equal(k.cuda(), every[heads.cuda(), ids.cuda()]) and torch.equal(v, -k)
     assert store.nbytes() == 2 * 2 * n * 16 * 64 * 2
     store.close()
+
+
+def test_store_runs_reach_the_gpu_intact():
+    """to_device_runs: every run arrives equal to its host copy, and stays so while the two
+    page-locked buffers are reused (and once regrown) for later runs."""
+    from ssa_code.attention.store import to_device_runs
+
+    g = torch.Generator().manual_seed(0)
+    runs = [(i, torch.randn(n, 2, 16, 64, generator=g).to(torch.bfloat16)) for i, n in enumerate((3, 5, 5, 40, 2, 40))]
+    got = list(to_device_runs(iter(runs), torch.device("cuda")))
+    torch.cuda.synchronize()
+    assert [f for f, _ in got] == [f for f, _ in runs]
+    for (_, host), (_, dev) in zip(runs, got):
+        assert dev.is_cuda and torch.equal(dev.cpu(), host)
+
+
+def test_question_choice_is_the_same_with_triton_and_torch_kernels():
+    """The question's exact choice (select_exact) on CUDA stages the same blocks whichever
+    kernels attended the haystack, and decode keeps them."""
+    model = tiny_model("llama", **GPU_MODEL).cuda()
+    ids = torch.randint(0, 300, (1, 1500), generator=torch.Generator().manual_seed(2)).cuda()
+    staged = {}
+    for kernels in ("triton", "torch"):
+        cfg = SMALL.replace(kernels=kernels, top_k=6)
+        patch(model, cfg)
+        cache = SSACache(model.config, cfg)
+        prefill(model, cache, ids[:, :-20], chunk_size=128)
+        cache.select_exact = True
+        prefill(model, cache, ids[:, -20:], chunk_size=128)
+        cache.select_exact = False
+        assert all(layer.exact_staged for layer in cache.layers)
+        staged[kernels] = [[frozenset(r[r >= 0].tolist()) for r in layer.staged_ids.numpy()] for layer in cache.layers]
+        assert all(len(head) == 6 for layer in staged[kernels] for head in layer)
+    assert staged["triton"] == staged["torch"]

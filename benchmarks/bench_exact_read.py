@@ -1,0 +1,103 @@
+"""Time the question's exact choice at 7B sizes: the store read, against plain copies.
+
+``SSALayer._exact_select`` reads every stored key of a layer once per question (1 GiB per layer
+at 1M tokens for Qwen2.5-7B: 4 KV heads x 128 dims in bf16) and scores it on the GPU. This
+script times, per layer:
+
+- ``pageable``: each run of blocks sent with ``.to(device)`` straight from the store's pageable
+  pages (the path before ``store.to_device_runs``);
+- ``pinned feed``: ``store.to_device_runs`` (two page-locked buffers, the host copy of the next
+  run overlapping the transfer and scoring of this one);
+- ``on device``: the scoring alone, keys already on the GPU (the floor);
+
+beside two plain copies of the same bytes in the same run: one 1-run pageable ``.to(device)``
+and one from page-locked memory (the link's speed).
+
+Usage (CUDA machine): ``python benchmarks/bench_exact_read.py [--tokens 1048576] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ssa_code.attention.layer_state import SSALayer
+from ssa_code.attention.scoring import exact_block_scores
+from ssa_code.attention.store import HostStore, to_device_runs
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=1 << 20, help="stored tokens per layer")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="folder for bench_exact_read.json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: this benchmark needs a CUDA device", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    h, hq, d, b, m = 4, 28, 128, 64, 64  # Qwen2.5-7B heads; 64 observed question queries
+    n_blocks = args.tokens // b
+    store = HostStore(h, b, d, torch.bfloat16)
+    step = 2048
+    for first in range(0, n_blocks, step):
+        n = min(step, n_blocks - first)
+        k = torch.randn(h, n, b, d, device=dev, dtype=torch.bfloat16)
+        store.append(k, k)
+    store.key_runs(1).__next__()  # flushes the writer
+    q = torch.randn(hq, m, d, device=dev, dtype=torch.bfloat16)
+    piece = max(1, SSALayer.EXACT_LOGITS // (hq * m * b))
+    scale = d ** -0.5
+    key_bytes = n_blocks * h * b * d * 2
+
+    def score(runs):
+        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in runs), n_blocks, b, scale)
+
+    on_device = [(f, k.to(dev)) for f, k in store.key_runs(piece)]
+    big_pageable = torch.empty(key_bytes // 2, dtype=torch.bfloat16).normal_()
+    big_pinned = torch.empty(key_bytes // 2, dtype=torch.bfloat16, pin_memory=True).copy_(big_pageable)
+    cases = {
+        "pageable": lambda: score((f, k.to(dev)) for f, k in store.key_runs(piece)),
+        "pinned feed": lambda: score(to_device_runs(store.key_runs(piece), dev)),
+        "on device": lambda: score(iter(on_device)),
+        "copy, pageable, one run": lambda: big_pageable.to(dev),
+        "copy, page-locked, one run": lambda: big_pinned.to(dev, non_blocking=True),
+    }
+    ref = score(iter(on_device))
+    got = score(to_device_runs(store.key_runs(piece), dev))
+    assert torch.allclose(ref, got, rtol=0, atol=1e-5), "the pinned feed changed the scores"
+    results = {}
+    for name, fn in cases.items():
+        fn()  # warm up (kernels, the caching host allocator's pinned blocks)
+        sec = _timed(fn, args.repeats)
+        results[name] = {"seconds": sec, "GB_per_s": key_bytes / sec / 1e9}
+        print(f"{name:28s} {sec * 1e3:8.1f} ms  {key_bytes / sec / 1e9:6.1f} GB/s of keys", flush=True)
+    meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "tokens": args.tokens,
+            "key_bytes": key_bytes, "piece_blocks": piece, "repeats": args.repeats}
+    print(json.dumps(meta))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_exact_read.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
