@@ -13,7 +13,7 @@ from ssa_code.attention.scoring import exact_block_scores, pick_with_successors
 from ssa_code.engine.decode import Decoder
 from ssa_code.engine.prefill import prefill
 
-from .conftest import SMALL, tiny_model
+from .conftest import SMALL, filled_cache, tiny_model
 
 # Four staged blocks out of ~40 evicted: the choice matters. decode_refresh 4 and decode_evict 2:
 # 150 decode tokens re-select dozens of times and evict twice.
@@ -74,19 +74,11 @@ def test_pick_with_successors():
     assert pick_with_successors(torch.tensor([[1.0, 2.0]]), 1).tolist() == [[1]]
 
 
-def _filled(model, cfg, n: int = 700, seed: int = 0) -> SSACache:
-    patch(model, cfg)
-    cache = SSACache(model.config, cfg)
-    prefill(model, cache, torch.randint(0, 300, (1, n), generator=torch.Generator().manual_seed(seed)),
-            chunk_size=cfg.chunk_size)
-    return cache
-
-
 def test_a_planted_block_is_chosen_with_its_successor():
     """A stored block whose keys, rotated where attention shows them, equal a group's query wins."""
     model = tiny_model("llama")
     # Far keys shown at most 200 positions away: effective positions differ from true ones.
-    cache = _filled(model, CFG.replace(far_distance=200))
+    cache = filled_cache(model, CFG.replace(far_distance=200))
     layer = cache.layers[0]
     assert not torch.equal(layer._eff(torch.tensor([CFG.sinks + 7 * CFG.block_size])),
                            torch.tensor([CFG.sinks + 7 * CFG.block_size]))
@@ -142,7 +134,7 @@ def _staged_sets(cache) -> list[list[frozenset]]:
 
 def _ask(model, exact: bool, mode: str, n_new: int = 150):
     """Fill, ask a 20-token question (exactly or not), decode ``n_new`` tokens greedily."""
-    cache = _filled(model, CFG)
+    cache = filled_cache(model, CFG)
     cache.select_exact = exact
     q_ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(9))
     logits = prefill(model, cache, q_ids, chunk_size=CFG.chunk_size)
@@ -193,7 +185,7 @@ def test_exact_choice_survives_save_and_load(tmp_path):
 def test_select_exact_without_retrieval_changes_nothing():
     model = tiny_model("llama")
     cfg = CFG.replace(top_k=0, store="none")
-    cache = _filled(model, cfg)
+    cache = filled_cache(model, cfg)
     cache.select_exact = True
     prefill(model, cache, torch.randint(0, 300, (1, 20)), chunk_size=cfg.chunk_size)
     assert not any(layer.exact_staged for layer in cache.layers)

@@ -10,7 +10,7 @@ from ssa_code.attention.consolidation import Consolidated, merge_older_half
 from ssa_code.attention.scoring import select_blocks
 from ssa_code.engine.prefill import prefill
 
-from .conftest import SMALL, tiny_model
+from .conftest import SMALL, filled_cache, tiny_model
 
 
 def test_select_blocks_top_k_threshold_and_coarse_entries():
@@ -88,11 +88,8 @@ def test_heavy_hitter_tier_holds_the_most_attended_tokens():
 
 
 def test_staging_fetches_only_missing_blocks():
-    model = tiny_model("llama")
     cfg = SMALL.replace(top_k=4)
-    patch(model, cfg)
-    cache = SSACache(model.config, cfg)
-    prefill(model, cache, torch.randint(0, 300, (1, 600), generator=torch.Generator().manual_seed(0)), chunk_size=100)
+    cache = filled_cache(tiny_model("llama"), cfg, n=600)
     layer = cache.layers[0]
     fetched = []
     original = layer.store.read_into
@@ -135,9 +132,7 @@ def test_decode_evicts_decode_evict_blocks_at_a_time():
 
     model = tiny_model("llama")
     cfg = SMALL.replace(decode_evict=3)
-    patch(model, cfg)
-    cache = SSACache(model.config, cfg)
-    prefill(model, cache, torch.randint(0, 300, (1, 400), generator=torch.Generator().manual_seed(1)), chunk_size=100)
+    cache = filled_cache(model, cfg, n=400, seed=1)
     layer = cache.layers[0]
     assert layer.cfg.ring == cfg.window + 3 * cfg.block_size
     moves = []
