@@ -49,6 +49,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -715,27 +716,26 @@ def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
         fig.suptitle("exact match: green right, red wrong, grey not run", fontsize=9)
         fig.tight_layout()
         p = out_dir / f"needle_{m}.png"
-        tmp = p.with_name(p.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, p)
+        _replace_atomic(p, partial(fig.savefig, dpi=110, format="png"))
         plt.close(fig)
         paths.append(p)
     return paths
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _replace_atomic(path: Path, write) -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it over ``path`` (never half-written)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    write(tmp)
     os.replace(tmp, path)
 
 
 def write_outputs(cells: Sequence[Cell], meta: dict, out: Path) -> list[Path]:
     """``needle.json``, ``needle.md`` and the heatmaps in ``out`` (each replaced whole)."""
     summary = summarize(cells)
-    _write_atomic(out / "needle.json", json.dumps(
-        {"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
-        indent=1) + "\n")
-    _write_atomic(out / "needle.md", markdown(cells, summary, meta))
+    text = json.dumps({"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
+                      indent=1) + "\n"
+    _replace_atomic(out / "needle.json", lambda tmp: tmp.write_text(text))
+    _replace_atomic(out / "needle.md", lambda tmp: tmp.write_text(markdown(cells, summary, meta)))
     return heatmaps(cells, out)
 
 
@@ -759,8 +759,8 @@ def merge_runs(folders: Sequence[Path], out: Path) -> tuple[list[Cell], dict]:
             raise ValueError(f"{path}: not a needle.json ({e})") from None
         if meta is None:
             meta = dict(m, shards=[])
-        elif any(m.get(k) != meta.get(k) for k in same):
-            diff = [k for k in same if m.get(k) != meta.get(k)]
+        diff = [k for k in same if m.get(k) != meta.get(k)]
+        if diff:
             raise ValueError(f"{path}: another benchmark than {folders[0]} (differs in {', '.join(diff)})")
         meta["shards"].append({"folder": str(folder), "shard": m.get("shard"), "seconds": m.get("seconds"),
                                "device": m.get("device")})
