@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         n = min(step, n_blocks - first)
         k = torch.randn(h, n, b, d, device=dev, dtype=torch.bfloat16)
         store.append(k, k)
-    store.key_runs(1).__next__()  # flushes the writer
+    next(store.key_runs(1))  # waits for the store's writer thread to finish the appends
     q = torch.randn(hq, m, d, device=dev, dtype=torch.bfloat16)
     piece = max(1, SSALayer.EXACT_LOGITS // (hq * m * b))
     scale = d ** -0.5
