@@ -130,6 +130,39 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     return out
 
 
+def parse_fields(cfg, items: Sequence[str]) -> dict[str, Any]:
+    """``["summaries=0", "exact_question=false"]`` -> typed changes to the dataclass ``cfg``.
+
+    Each value takes the type of the field's current value (``none`` for optional fields);
+    raises ValueError for an unknown field or a value of the wrong type.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in cfg.__dataclass_fields__:
+            raise ValueError(f"--ssa-set wants FIELD=VALUE with an SSAConfig field, got {item!r}")
+        current = getattr(cfg, name)
+        raw = raw.strip()
+        try:
+            if raw.lower() == "none":
+                value = None
+            elif isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = raw.lower() in ("true", "1")
+            elif isinstance(current, (int, float)):
+                value = type(current)(raw)
+            elif current is None:
+                value = int(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise ValueError(f"--ssa-set {name}: {raw!r} is not a valid {type(current).__name__}") from None
+        out[name] = value
+    return out
+
+
 # --------------------------------------------------------------------------- haystack
 
 
@@ -837,6 +870,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only this process's share of the cells (processes 0..N-1, e.g. one "
                          "per GPU or several per GPU), then join their --out folders with --merge")
+    ap.add_argument("--ssa-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change one SSAConfig field of the ssa method only, for ablations "
+                         "(e.g. summaries=0; repeatable; recorded in needle.json's configs)")
     ap.add_argument("--bound-question", action="store_true",
                     help="let the cue choose blocks by the index's bounds even where the cache can "
                          "score the whole store exactly (SSACache.select_exact)")
@@ -895,6 +931,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs = method_configs(args.budget, chunk_size=args.chunk_size, block_size=args.block_size,
                                  sinks=args.sinks, max_position=mcfg.max_position_embeddings,
                                  store=args.store, exact_question=not args.bound_question)
+        if args.ssa_set:
+            configs["ssa"] = configs["ssa"].replace(**parse_fields(configs["ssa"], args.ssa_set))
+            if configs["ssa"].capacity > args.budget + args.block_size:
+                raise ValueError(f"--ssa-set gives ssa {configs['ssa'].capacity} slots, above "
+                                 f"--budget {args.budget} (and one spare block)")
     except ValueError as e:
         return fail(str(e))
     depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
