@@ -9,7 +9,7 @@ machine it runs on (by default the site-packages of the running Python), packed 
 thousands of tokens later, single key and RULER-style multi-key).
 
 Architecture: ``LlamaForCausalLM`` with GQA (8 query heads, 2 KV heads, head_dim 64), RoPE,
-``max_position_embeddings`` 4096, tied embeddings, ~14.9M parameters (28.3 MiB in bf16 with the tokenizer).
+``max_position_embeddings`` 4096, tied embeddings, ~14.9M parameters (28.85 MiB in bf16 with the tokenizer).
 
 Outputs (``--out``)::
 
