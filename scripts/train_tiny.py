@@ -126,8 +126,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_steps: int = 0
     # Off by default: on an H200 the shipped run went 843K tokens/s compiled against 856K
-    # eager in the run before (the batcher is not the limit: 12-16M tokens/s on a 2-core CPU, bench_train_batches.py);
-    # --compile turns it on (guarded: falls back to eager).
+    # eager in the run before. The batcher is not the limit (12-16M tokens/s on a 2-core CPU,
+    # benchmarks/bench_train_batches.py). --compile turns it on (guarded: falls back to eager).
     compile: bool = False
     # synthetic retrieval: half the rows carry needles (the shipped checkpoint's setting)
     retrieval_fraction: float = 0.5
