@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import stat
 import sys
@@ -14,6 +13,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from ssa_code import atomic
 from ssa_code.cli.app import app
 from ssa_code.cli.common import err_console, fail, out_console, user_errors
 from ssa_code.errors import UsageError, UserError
@@ -486,8 +486,7 @@ def install_hook(
     if ssa != "default":
         args += ["--ssa", ssa]
     hooks.mkdir(parents=True, exist_ok=True)
-    tmp = hook.with_name(f".pre-commit.{os.getpid()}.tmp")
-    tmp.write_text(hook_script(args), encoding="utf-8")
-    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    os.replace(tmp, hook)
+    with atomic.replacing(hook) as tmp:
+        tmp.write_text(hook_script(args), encoding="utf-8")
+        tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     err_console().print(f"installed {hook}", markup=False)

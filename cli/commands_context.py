@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from ssa_code import atomic
 from ssa_code.cli.app import app
 from ssa_code.cli.common import err_console, user_errors
 from ssa_code.errors import UsageError, UserError
@@ -40,22 +40,14 @@ class OutputFormat(str, Enum):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory."""
+    """Replace ``path`` with ``data`` whole (:mod:`ssa_code.atomic`); CLI errors for bad paths."""
     parent = path.expanduser().resolve().parent
     if not parent.is_dir():
         raise UsageError(f"--output {path}: directory {parent} does not exist")
     if path.is_dir():
         raise UsageError(f"--output {path}: is a directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic.write_bytes(path, data)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 

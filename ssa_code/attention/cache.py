@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from ssa_code.atomic import replacing
 from ssa_code.attention.anchors import PinnedSpans
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.layer_state import SSALayer
@@ -260,14 +261,8 @@ class SSACache(Cache):
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_config: Any, ssa_config: SSAConfig, *,

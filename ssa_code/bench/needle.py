@@ -44,17 +44,16 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ssa_code.atomic import replacing, write_text
 from ssa_code.bench.synthetic import LineBoundaries, Needle, encode, random_value
 
 METHODS = ("dense", "streaming", "h2o", "infllm", "ssa")
@@ -749,17 +748,11 @@ def heatmaps(cells: Sequence[Cell], out_dir: Path) -> list[Path]:
         fig.suptitle("exact match: green right, red wrong, grey not run", fontsize=9)
         fig.tight_layout()
         p = out_dir / f"needle_{m}.png"
-        _replace_atomic(p, partial(fig.savefig, dpi=110, format="png"))
+        with replacing(p) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         paths.append(p)
     return paths
-
-
-def _replace_atomic(path: Path, write) -> None:
-    """``write(tmp)`` a file beside ``path``, then rename it over ``path`` (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def write_outputs(cells: Sequence[Cell], meta: dict, out: Path) -> list[Path]:
@@ -767,8 +760,8 @@ def write_outputs(cells: Sequence[Cell], meta: dict, out: Path) -> list[Path]:
     summary = summarize(cells)
     text = json.dumps({"meta": meta, "summary": list(summary.values()), "cells": [asdict(c) for c in cells]},
                       indent=1) + "\n"
-    _replace_atomic(out / "needle.json", lambda tmp: tmp.write_text(text))
-    _replace_atomic(out / "needle.md", lambda tmp: tmp.write_text(markdown(cells, summary, meta)))
+    write_text(out / "needle.json", text)
+    write_text(out / "needle.md", markdown(cells, summary, meta))
     return heatmaps(cells, out)
 
 
