@@ -24,6 +24,16 @@ On the GPU machine (from the repository root), the shipped checkpoint's run (H20
 The checkpoint is about 29 MiB; the device tool returns files of at most 16 MiB, so pack
 ``$OUT/tiny`` into a tar and ``split -b 15M`` it there.
 
+On several GPUs of one machine, data parallel (one process a GPU; each draws its own rows,
+gradients are averaged over NCCL, and the processes share one clock so they agree on every
+step's learning rate and on when to stop; the first process evaluates and saves)::
+
+    PYTHONPATH=. python3 -m torch.distributed.run --standalone --nproc_per_node 4 \
+        scripts/train_tiny.py --minutes 9.15 --compile --out $OUT
+
+Rows per step stay ``micro_batch * grad_accum`` while ``grad_accum`` divides by the number of
+processes (16 x 2 on two GPUs); on four, each process takes one micro-batch a step (64 rows).
+
 On a CPU, every code path at toy size in about a minute::
 
     PYTHONPATH=. .venv/bin/python scripts/train_tiny.py --cpu-smoke --out /tmp/tiny-smoke
@@ -32,6 +42,7 @@ On a CPU, every code path at toy size in about a minute::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -171,16 +182,19 @@ def smoke_config(out_minutes: float) -> TrainConfig:
 
 
 class Log:
-    """Prints to stdout (flushed) and keeps every line for ``train.log``."""
+    """Prints to stdout (flushed) and keeps every line for ``train.log``; silent when not
+    ``enabled`` (the other processes of a data-parallel run)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.lines: list[str] = []
         self.t0 = time.time()
+        self.enabled = enabled
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.time() - self.t0:7.1f}s] {msg}"
         self.lines.append(line)
-        print(line, flush=True)
+        if self.enabled:
+            print(line, flush=True)
 
 
 # --------------------------------------------------------------------------- corpus
@@ -726,6 +740,7 @@ retrieval only (no instruction or chat data); use it to test the machinery, not 
 | wall time (minutes) | {result['wall_minutes']:.2f} |
 | training time (minutes) | {result['train_minutes']:.2f} |
 | torch.compile | {result['compiled']} |
+| processes (data parallel) | {result['processes']} |
 | steps | {result['steps']} |
 | tokens seen | {result['tokens_seen'] / 1e6:.1f}M |
 | throughput | {result['tokens_per_second'] / 1e3:.0f}K tokens/s |
@@ -766,8 +781,9 @@ Retrieval rows seen: {result['retrieval_rows']} of {result['rows']}.
 
 Optimiser: AdamW (betas 0.9/0.95, weight decay {cfg.weight_decay}), peak LR {cfg.lr:g},
 {cfg.warmup_fraction:.0%} linear warmup then cosine to {cfg.min_lr_ratio:g}x over the training
-time, gradient clipping {cfg.grad_clip}, bf16 autocast, {cfg.micro_batch} x {cfg.grad_accum}
-rows per step ({cfg.micro_batch * cfg.grad_accum * cfg.seq_len / 1e3:.0f}K tokens).
+time, gradient clipping {cfg.grad_clip}, bf16 autocast, {result['rows_per_step']}
+rows per step ({result['rows_per_step'] * cfg.seq_len / 1e3:.0f}K tokens) over {result['processes']}
+data-parallel process(es).
 
 ## In-distribution retrieval (greedy, exact match, held-out code as haystack)
 
@@ -784,6 +800,67 @@ rows per step ({cfg.micro_batch * cfg.grad_accum * cfg.seq_len / 1e3:.0f}K token
 
 
 # --------------------------------------------------------------------------- main
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def init_distributed(device: str):
+    """(rank, world, local_rank, control group) from torchrun's environment, or (0, 1, 0, None).
+
+    The gradients go over NCCL on CUDA (gloo on CPU); a second, gloo group carries the host-side
+    agreements (the clock, counts), so they never wait for the GPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0, None
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    ctl = dist.new_group(backend="gloo") if device == "cuda" else dist.group.WORLD
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), ctl
+
+
+def make_clock(t_start: float, ctl):
+    """Seconds since ``t_start``; with several processes the largest of theirs, so all agree."""
+    def clock() -> float:
+        elapsed = time.time() - t_start
+        if ctl is None:
+            return elapsed
+        t = torch.tensor([elapsed], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=ctl)
+        return float(t.item())
+    return clock
+
+
+def all_sum(n: int, ctl) -> int:
+    if ctl is None:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    torch.distributed.all_reduce(t, group=ctl)
+    return int(t.item())
+
+
+def replicas_agree(model, ctl) -> bool:
+    """Whether every process holds the same weights (a checksum compared across processes)."""
+    if ctl is None:
+        return True
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+        sums = torch.stack([flat.sum(), flat.abs().sum(), (flat * torch.arange(flat.numel(), dtype=torch.float64)).sum()])
+    lo, hi = sums.clone(), sums.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN, group=ctl)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX, group=ctl)
+    return bool(torch.equal(lo, hi))
+
+
+def finish_distributed(ctl) -> None:
+    """Wait for every process (rank 0 evaluates and saves alone), then leave the groups."""
+    if ctl is None:
+        return
+    torch.distributed.barrier(group=ctl)
+    torch.distributed.destroy_process_group()
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -833,33 +910,41 @@ def main(argv: list[str] | None = None) -> int:
         cfg.compile = True
 
     t_start = time.time()
-    deadline = t_start + cfg.minutes * 60.0
-    log = Log()
+    rank, world, local_rank, ctl = init_distributed(cfg.device)
+    clock = make_clock(t_start, ctl)
+    log = Log(enabled=rank == 0)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --cpu-smoke on a CPU")
-    device = torch.device(cfg.device)
+    device = torch.device("cuda", local_rank) if cfg.device == "cuda" else torch.device(cfg.device)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        dev_name = torch.cuda.get_device_name(0)
+        dev_name = torch.cuda.get_device_name(device) + (f" x{world}" if world > 1 else "")
     else:
-        dev_name = "cpu"
+        dev_name = "cpu" + (f" x{world} processes" if world > 1 else "")
     import transformers
     from transformers import AutoTokenizer
 
+    # Data parallel: each process takes a share of the accumulation steps of one update, so
+    # the rows per update stay micro_batch * grad_accum where grad_accum divides by world.
+    accum = max(1, cfg.grad_accum // world)
+    rows_per_step = cfg.micro_batch * accum * world
     log(f"device {dev_name}; torch {torch.__version__}; transformers {transformers.__version__}; "
-        f"budget {cfg.minutes} min")
+        f"budget {cfg.minutes} min; {world} process(es), {rows_per_step} rows per step")
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
     lines = LineBoundaries(tokenizer)
 
     train_c, eval_c, stats = build_corpora(cfg, TOKENIZER_DIR / "tokenizer.json", log)
-    batcher = Batcher(train_c, tokenizer, lines, cfg, seed=cfg.seed + 11)
+    # Every process packs the same corpus; each draws its own rows.
+    batcher = Batcher(train_c, tokenizer, lines, cfg, seed=cfg.seed + 11 + 7919 * rank)
 
     model = build_model(cfg, tokenizer).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -877,27 +962,40 @@ def main(argv: list[str] | None = None) -> int:
             logits = m(input_ids=x).logits
         return weighted_loss(logits, y, w)
 
-    run_model = model
+    wrapped = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    run_model = wrapped
     compiled = False
     if cfg.compile:
         try:
-            run_model = torch.compile(model)
+            run_model = torch.compile(wrapped)
             compiled = True
         except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
             log(f"torch.compile unavailable ({type(e).__name__}: {e}); eager")
-            run_model = model
+            run_model = wrapped
 
-    train_deadline = deadline - cfg.reserve_seconds
+    def sync_context(last: bool):
+        # Gradients are averaged across processes once per update, on its last micro-batch.
+        if world > 1 and not last:
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    # All processes read the same clock (the slowest one's), so they agree on the learning
+    # rate of every step and on the step they stop at.
+    train_deadline = cfg.minutes * 60.0 - cfg.reserve_seconds
     curve: list[dict] = []
     step = rows = ret_rows = 0
     tokens_seen = 0
-    t_train0 = None
+    t_train0: float | None = None
     tok_after_first = 0
-    t_first = time.time()
+    t_first = clock()
     recent: list[float] = []
     model.train()
     while True:
-        now = time.time()
+        now = clock()
         if cfg.max_steps and step >= cfg.max_steps:
             break
         if step > 0 and now >= train_deadline:
@@ -914,31 +1012,33 @@ def main(argv: list[str] | None = None) -> int:
         opt.zero_grad(set_to_none=True)
         loss_sum = plain_sum = 0.0
         try:
-            for _ in range(cfg.grad_accum):
+            for i in range(accum):
                 x, y, w, n_ret = batcher.batch(cfg.micro_batch, cfg.seq_len)
                 if device.type == "cuda":
                     # Pinned host memory makes the copy asynchronous, so the next batch is
                     # built on the CPU while the GPU still runs this one.
                     x, y, w = (t.contiguous().pin_memory() for t in (x, y, w))
                 x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
-                loss, plain = loss_fn(run_model, x, y, w)
-                (loss / cfg.grad_accum).backward()
+                with sync_context(last=i == accum - 1):
+                    loss, plain = loss_fn(run_model, x, y, w)
+                    (loss / accum).backward()
                 loss_sum += loss.detach().float()
                 plain_sum += plain.detach().float()
                 rows += cfg.micro_batch
                 ret_rows += n_ret
         except torch.cuda.OutOfMemoryError:
-            if step > 0 or cfg.micro_batch == 1:
+            if step > 0 or cfg.micro_batch == 1 or world > 1:
                 raise
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             cfg.micro_batch //= 2
-            cfg.grad_accum *= 2
-            log(f"out of memory at the first step: micro_batch {cfg.micro_batch}, grad_accum {cfg.grad_accum}")
+            accum *= 2
+            log(f"out of memory at the first step: micro_batch {cfg.micro_batch}, grad_accum {accum}")
             rows = ret_rows = 0
             continue
         except Exception as e:  # noqa: BLE001 - a compiled model that fails falls back to eager
-            if not compiled or step > 0:
+            # Several processes cannot fall back one by one: they would stop agreeing.
+            if not compiled or step > 0 or world > 1:
                 raise
             log(f"compiled step failed ({type(e).__name__}: {str(e)[:300]}); eager from now on")
             opt.zero_grad(set_to_none=True)
@@ -948,30 +1048,41 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        tokens_seen += cfg.micro_batch * cfg.grad_accum * cfg.seq_len
+        tokens_seen += rows_per_step * cfg.seq_len
         if t_train0 is None:
             # The first step includes compilation; the schedule runs over the time after it.
-            t_train0 = time.time()
+            t_train0 = clock()
             tok_after_first = tokens_seen
             log(f"first step done in {t_train0 - t_first:.1f}s (compiled={compiled})")
         if step % cfg.log_every == 0 or step == 1:
-            l = (plain_sum / cfg.grad_accum).item()
-            lw = (loss_sum / cfg.grad_accum).item()
+            both = torch.stack([plain_sum, loss_sum]) / accum
+            if world > 1:
+                torch.distributed.all_reduce(both)
+                both /= world
+            l, lw = both.tolist()
             if not math.isfinite(l):
                 raise SystemExit(f"loss is {l} at step {step}")
             el = time.time() - t_start
-            rate = (tokens_seen - tok_after_first) / max(1e-9, time.time() - t_train0)
+            rate = (tokens_seen - tok_after_first) / max(1e-9, clock() - t_train0)
             curve.append({"step": step, "tokens": tokens_seen, "seconds": round(el, 1),
                           "loss": round(l, 4), "weighted_loss": round(lw, 4), "lr": lr})
             recent.append(l)
             log(f"step {step:5d} loss {l:.4f} weighted {lw:.4f} lr {lr:.2e} "
                 f"tok {tokens_seen / 1e6:.1f}M {rate / 1e3:.0f}K tok/s")
-    t_train1 = time.time()
-    train_seconds = t_train1 - (t_train0 or t_train1)
+    t_train1 = clock()
+    train_seconds = t_train1 - (t_train0 if t_train0 is not None else t_train1)
     rate = (tokens_seen - tok_after_first) / max(1e-9, train_seconds)
     if device.type == "cuda":
-        log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        log(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    replicas_equal = replicas_agree(model, ctl)
+    if not replicas_equal:
+        log("WARNING: the processes' copies of the model differ after training")
+    rows_all = rows * world
+    ret_all = all_sum(ret_rows, ctl)
 
+    if rank != 0:
+        finish_distributed(ctl)
+        return 0
     model.eval()
     ev_loss = eval_loss(model, eval_c, cfg, device, amp)
     log(f"held-out loss {ev_loss:.4f}")
@@ -991,8 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": step, "tokens_seen": tokens_seen, "tokens_per_second": rate,
         "final_loss": float(np.mean(recent[-10:])) if recent else float("nan"),
         "eval_loss": ev_loss, "parameters": n_params, "vocab": len(tokenizer),
-        "checkpoint_bytes": size, "retrieval": retrieval, "rows": rows,
-        "retrieval_rows": ret_rows,
+        "checkpoint_bytes": size, "retrieval": retrieval, "rows": rows_all,
+        "retrieval_rows": ret_all, "processes": world, "rows_per_step": rows_per_step,
+        "replicas_equal": replicas_equal,
         "command": "python3 scripts/train_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     (out / "loss.json").write_text(json.dumps(
@@ -1001,8 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done in {wall / 60:.2f} min: {step} steps, {tokens_seen / 1e6:.1f}M tokens, "
         f"final loss {result['final_loss']:.3f}, held-out {ev_loss:.3f}")
     (out / "train.log").write_text("\n".join(log.lines) + "\n")
+    finish_distributed(ctl)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
