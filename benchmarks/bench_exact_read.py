@@ -9,6 +9,11 @@ script times, per layer:
 - ``pinned feed``: ``store.to_device_runs`` (two page-locked buffers, the host copy of the next
   run overlapping the transfer and scoring of this one);
 - ``on device``: the scoring alone, keys already on the GPU (the floor);
+- ``on device, keys rotated``: the same with every key rotated to its effective position first,
+  as ``SSALayer._exact_select`` did before it rotated the queries back instead (far keys all sit
+  at one effective position at the question: ``positions.py``);
+- ``on device, queries rotated``: the same keys, un-rotated, scored with the queries rotated
+  back once (``SSALayer._exact_scores`` now);
 
 beside two plain copies of the same bytes in the same run: one 1-run pageable ``.to(device)``
 and one from page-locked memory (the link's speed).
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ssa_code.attention.layer_state import SSALayer
+from ssa_code.attention.positions import rotate
 from ssa_code.attention.scoring import exact_block_scores
 from ssa_code.attention.store import HostStore, to_device_runs
 
@@ -71,18 +77,37 @@ def main(argv=None) -> int:
         return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in runs), n_blocks, b, scale)
 
     on_device = [(f, k.to(dev)) for f, k in store.key_runs(piece)]
+    # Qwen2.5-7B's RoPE (theta 1e6, 128 dims); far keys shown at one position near the end.
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float64, device=dev) / d)).float()
+    floor = args.tokens - 2048
+
+    def keys_rotated():
+        runs = ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in on_device)
+        return exact_block_scores(q, ((f, rotate(k, torch.full(k.shape[1:2], floor, device=dev), inv))
+                                      for f, k in runs), n_blocks, b, scale)
+
+    def queries_rotated():
+        q_far = rotate(q.float(), torch.tensor(-floor, device=dev), inv)
+        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d), q_far) for f, k in on_device),
+                                  n_blocks, b, scale)
+
     big_pageable = torch.empty(key_bytes // 2, dtype=torch.bfloat16).normal_()
     big_pinned = torch.empty(key_bytes // 2, dtype=torch.bfloat16, pin_memory=True).copy_(big_pageable)
     cases = {
         "pageable": lambda: score((f, k.to(dev)) for f, k in store.key_runs(piece)),
         "pinned feed": lambda: score(to_device_runs(store.key_runs(piece), dev)),
         "on device": lambda: score(iter(on_device)),
+        "on device, keys rotated": keys_rotated,
+        "on device, queries rotated": queries_rotated,
         "copy, pageable, one run": lambda: big_pageable.to(dev),
         "copy, page-locked, one run": lambda: big_pinned.to(dev, non_blocking=True),
     }
     ref = score(iter(on_device))
     got = score(to_device_runs(store.key_runs(piece), dev))
     assert torch.allclose(ref, got, rtol=0, atol=1e-5), "the pinned feed changed the scores"
+    # bf16 keys rotated then rounded (before) against exact keys with fp32 queries (now).
+    err = (keys_rotated() - queries_rotated()).abs().max().item()
+    assert err < 0.05, f"rotating the queries back changed the scores by {err:.3f}"
     results = {}
     for name, fn in cases.items():
         fn()  # warm up (kernels, the caching host allocator's pinned blocks)

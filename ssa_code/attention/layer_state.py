@@ -576,28 +576,13 @@ class SSALayer(CacheLayerMixin):
 
     def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
         """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
-        queries (of ``q [Hq, M, D]``) over every stored block (:func:`exact_block_scores`,
-        :func:`pick_with_successors`).
-
-        Reads every stored key once (``H * B * D`` elements per block), one run of blocks at a
-        time (on the device with its logits, about ``EXACT_LOGITS`` of them), rotated to the
-        effective positions attention shows them at. Blocks whose every token the pinned or
-        heavy tier already holds are not chosen.
+        queries (of ``q [Hq, M, D]``) over every stored block (:meth:`_exact_scores`,
+        :func:`pick_with_successors`). Blocks whose every token the pinned or heavy tier
+        already holds are not chosen.
         """
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
-        inv = self.cache.inv_freq_on(self.device)
-        q = q[:, -cfg.observe:]
-        piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
-
-        def runs():
-            for first, k_raw in to_device_runs(self.store.key_runs(piece), self.device):
-                n = k_raw.shape[0]
-                k = k_raw.transpose(0, 1).reshape(h, n * b, -1)
-                pos = cfg.sinks + torch.arange(first * b, (first + n) * b, device=self.device)
-                yield first, rotate(k, self._eff(pos), inv)
-
-        nb = self.store.num_blocks
-        scores = exact_block_scores(q, runs(), nb, b, scale)
+        scores = self._exact_scores(q[:, -cfg.observe:], scale)
+        nb = scores.shape[1]
         held = self._held_positions()
         if held.shape[1]:
             # Tokens per block held at full resolution elsewhere (bucket nb: not a stored block).
@@ -605,6 +590,38 @@ class SSALayer(CacheLayerMixin):
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
         return pick_with_successors(scores, cfg.top_k)
+
+    def _exact_scores(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """``[H, N]`` exact block scores of queries ``q [Hq, M, D]`` over every stored block, as
+        attention sees the blocks (:func:`exact_block_scores`).
+
+        Reads every stored key once (``H * B * D`` elements per block), one run of blocks at a
+        time (on the device with its logits, about ``EXACT_LOGITS`` of them). Stored keys are
+        un-rotated; attention shows a key at its effective position ``max(p, floor)``. Every
+        token of a block that ends below ``floor`` is shown at ``floor`` itself, and
+        ``q . R(floor) k = (R(-floor) q) . k``: those runs are scored with the queries rotated
+        back once, so only the few blocks that reach past ``floor`` have their keys rotated.
+        """
+        cfg, h, b = self.cfg, self.heads, self.cfg.block_size
+        inv = self.cache.inv_freq_on(self.device)
+        piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
+        floor = int(self._eff(torch.zeros(1, dtype=torch.int64)).item())  # 0: true positions
+        # Blocks [0, far_blocks) end below floor: shown at floor, every token of them.
+        far_blocks = max(0, (floor - cfg.sinks) // b) if floor > 0 else 0
+        q_far = rotate(q.float(), torch.tensor(-floor, device=q.device), inv) if far_blocks else None
+
+        def runs():
+            for first, k_raw in to_device_runs(self.store.key_runs(piece), self.device):
+                n = k_raw.shape[0]
+                k = k_raw.transpose(0, 1).reshape(h, n * b, -1)
+                split = min(n, max(0, far_blocks - first))
+                if split:
+                    yield first, k[:, :split * b], q_far
+                if split < n:
+                    pos = cfg.sinks + torch.arange((first + split) * b, (first + n) * b, device=self.device)
+                    yield first + split, rotate(k[:, split * b:], self._eff(pos), inv)
+
+        return exact_block_scores(q, runs(), self.store.num_blocks, b, scale)
 
     def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
         return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)

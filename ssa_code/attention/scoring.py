@@ -98,7 +98,7 @@ def select_blocks(
     return torch.from_numpy(expand_entries(entries.cpu().numpy(), top_k))
 
 
-def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tensor]], n_blocks: int,
+def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int,
                        block_size: int, scale: float) -> torch.Tensor:
     """Each stored block's largest share of one query's attention over all stored blocks.
 
@@ -106,7 +106,10 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
         q: ``[Hq, M, D]`` queries (a group of ``Hq / H`` query heads per KV head, as in
             ``score_blocks``).
         key_runs: ``(first block id, keys [H, n * B, D])`` covering blocks ``0 .. n_blocks - 1``
-            once each, on ``q``'s device, rotated to the positions attention shows them at.
+            once each, on ``q``'s device, rotated to the positions attention shows them at; or
+            ``(first, keys, q_run)``, where ``q_run [Hq, M, D]`` replaces ``q`` for that run (the
+            caller may rotate the queries back instead of every key forward, see
+            ``SSALayer._exact_scores``).
         n_blocks: ``N``, blocks in the store.
         block_size: ``B``, tokens per block.
 
@@ -118,10 +121,19 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple[int, torch.Tens
     """
     hq, m, d = q.shape
     lse: torch.Tensor | None = None
-    for first, k in key_runs:
+    grouped: dict[int, torch.Tensor] = {}  # id(queries) -> [H, G * M, D] float32
+
+    def group(x: torch.Tensor, h: int) -> torch.Tensor:
+        if id(x) not in grouped:
+            grouped[id(x)] = x.reshape(h, hq // h * m, d).float()
+        return grouped[id(x)]
+
+    for run in key_runs:
+        first, k = run[0], run[1]
+        q_run = run[2] if len(run) > 2 and run[2] is not None else q
         h = k.shape[0]
+        qg = group(q_run, h)  # [H, G * M, D]
         if lse is None:
-            qg = q.reshape(h, hq // h * m, d).float()  # [H, G * M, D]
             lse = torch.full((h, qg.shape[1], n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
         n = k.shape[1] // block_size
         logits = torch.bmm(qg, k.float().transpose(1, 2)) * scale  # [H, G * M, n * B]

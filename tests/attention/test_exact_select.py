@@ -107,6 +107,31 @@ def test_a_planted_block_is_chosen_with_its_successor():
     assert ((ids >= -1) & (ids < nb)).all()
 
 
+@pytest.mark.parametrize("far_distance", [200, 330, None])
+@pytest.mark.parametrize("logits", [1 << 25, 1])
+def test_far_runs_rotate_the_queries_back_instead_of_the_keys(far_distance, logits, monkeypatch):
+    """_exact_scores equals scoring every stored key rotated to its effective position."""
+    model = tiny_model("llama")
+    cfg = CFG if far_distance is None else CFG.replace(far_distance=far_distance)
+    cache = filled_cache(model, cfg)
+    layer = cache.layers[1]
+    floor = int(layer._eff(torch.zeros(1, dtype=torch.int64)).item())
+    b, h = cfg.block_size, layer.heads
+    # 200 and 330 put floor inside the store (330: not on a block boundary); None: true positions.
+    assert (floor > cfg.sinks + 2 * b) if far_distance else floor == 0
+    # logits = 1: one block per run, so runs split at every block and around floor.
+    monkeypatch.setattr(type(layer), "EXACT_LOGITS", logits)
+    q = torch.randn(model.config.num_attention_heads, 5, layer.dim, generator=torch.Generator().manual_seed(3))
+    got = layer._exact_scores(q, layer.dim ** -0.5)
+    k = layer.store.state()["k"]  # [H, N, B, D], un-rotated
+    nb = k.shape[1]
+    pos = cfg.sinks + torch.arange(nb * b)
+    k_eff = rotate(k.reshape(h, nb * b, -1), layer._eff(pos), cache.inv_freq_on(layer.device))
+    want = exact_block_scores(q, [(0, k_eff)], nb, b, layer.dim ** -0.5)
+    err = (got - want).abs().max().item()
+    assert got.shape == (h, nb) and err < 1e-4, f"query-side rotation differs by {err:.2e}"
+
+
 def test_blocks_held_by_the_pinned_tier_are_not_chosen():
     model = tiny_model("llama")
     cfg = CFG.replace(pinned=64)
