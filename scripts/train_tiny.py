@@ -34,6 +34,9 @@ step's learning rate and on when to stop; the first process evaluates and saves)
 Rows per step stay ``micro_batch * grad_accum`` while ``grad_accum`` divides by the number of
 processes (16 x 2 on two GPUs); on four, each process takes one micro-batch a step (64 rows).
 
+``scripts/device_train.sh`` runs either in one device call and splits the checkpoint for the
+trip back.
+
 On a CPU, every code path at toy size in about a minute::
 
     PYTHONPATH=. .venv/bin/python scripts/train_tiny.py --cpu-smoke --out /tmp/tiny-smoke
