@@ -865,7 +865,6 @@ def finish_distributed(ctl) -> None:
     torch.distributed.destroy_process_group()
 
 
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="output folder ($OUT on the GPU machine)")
@@ -946,7 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = LineBoundaries(tokenizer)
 
     train_c, eval_c, stats = build_corpora(cfg, TOKENIZER_DIR / "tokenizer.json", log)
-    # Every process packs the same corpus; each draws its own rows.
+    # Every process packs its own copy of the corpus (the same one unless the data deadline
+    # stops them at different files) and draws its own rows from it.
     batcher = Batcher(train_c, tokenizer, lines, cfg, seed=cfg.seed + 11 + 7919 * rank)
 
     model = build_model(cfg, tokenizer).to(device)
