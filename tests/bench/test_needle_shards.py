@@ -37,6 +37,8 @@ def test_sharded_runs_merge_into_the_unsharded_report(tmp_path, monkeypatch, cap
             "--methods", "streaming", "--budget", "640", "--chunk-size", "256", "--block-size", "32",
             "--sinks", "16", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    # One unrecorded warm-up prompt per method, at the shortest length, before the cells.
+    assert "streaming warm-up at 512 tokens" in capsys.readouterr().err
     for i in range(2):
         assert main([*args, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
     assert main(["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "merged")]) == 0
