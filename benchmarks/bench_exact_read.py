@@ -14,6 +14,9 @@ script times, per layer:
   at one effective position at the question: ``positions.py``);
 - ``on device, queries rotated``: the same keys, un-rotated, scored with the queries rotated
   back once (``SSALayer._exact_scores`` now);
+- ``on device, queries rotated, kernel``: the same through the Triton block log-sum-exp
+  (``ssa_code.kernels.block_lse``: no logits in memory; SSA uses it only under
+  ``SSA_CODE_KERNELS=triton`` until this row has been measured);
 
 beside two plain copies of the same bytes in the same run: one 1-run pageable ``.to(device)``
 and one from page-locked memory (the link's speed).
@@ -86,10 +89,10 @@ def main(argv=None) -> int:
         return exact_block_scores(q, ((f, rotate(k, torch.full(k.shape[1:2], floor, device=dev), inv))
                                       for f, k in runs), n_blocks, b, scale)
 
-    def queries_rotated():
+    def queries_rotated(prefer="torch"):
         q_far = rotate(q.float(), torch.tensor(-floor, device=dev), inv)
         return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d), q_far) for f, k in on_device),
-                                  n_blocks, b, scale)
+                                  n_blocks, b, scale, prefer=prefer)
 
     big_pageable = torch.empty(key_bytes // 2, dtype=torch.bfloat16).normal_()
     big_pinned = torch.empty(key_bytes // 2, dtype=torch.bfloat16, pin_memory=True).copy_(big_pageable)
@@ -99,6 +102,7 @@ def main(argv=None) -> int:
         "on device": lambda: score(iter(on_device)),
         "on device, keys rotated": keys_rotated,
         "on device, queries rotated": queries_rotated,
+        "on device, queries rotated, kernel": lambda: queries_rotated("triton"),
         "copy, pageable, one run": lambda: big_pageable.to(dev),
         "copy, page-locked, one run": lambda: big_pinned.to(dev, non_blocking=True),
     }
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
     # bf16 keys rotated then rounded (before) against exact keys with fp32 queries (now).
     err = (keys_rotated() - queries_rotated()).abs().max().item()
     assert err < 0.05, f"rotating the queries back changed the scores by {err:.3f}"
+    err = (queries_rotated("triton") - queries_rotated()).abs().max().item()
+    assert err < 0.05, f"the block log-sum-exp kernel changed the scores by {err:.3f}"
     results = {}
     for name, fn in cases.items():
         fn()  # warm up (kernels, the caching host allocator's pinned blocks)

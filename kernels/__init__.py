@@ -7,6 +7,7 @@ only when a kernel is first used, so importing this package never needs a workin
 
     out, lse = tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale)
     scores = score_blocks(q, reps, n_valid, scale)
+    lse = block_lse(q, k, block_size, scale)
     mass_buf, mass_new = tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start)
 
 Shapes and semantics: docs/INTERFACES.md, section ssa_code.kernels.
@@ -21,6 +22,7 @@ import os
 
 import torch
 
+from .block_lse_ref import block_lse_ref, check_block_lse_args
 from .score_blocks_ref import check_score_blocks_args, score_blocks_ref
 from .tier_attention_ref import (
     check_mass_args,
@@ -31,6 +33,8 @@ from .tier_attention_ref import (
 
 __all__ = [
     "backend",
+    "block_lse",
+    "block_lse_ref",
     "merge_attention",
     "score_blocks",
     "score_blocks_ref",
@@ -114,6 +118,17 @@ def score_blocks(q, reps, n_valid, scale, prefer: str = "auto"):
         return fast(q, reps, n_valid, scale)  # validates too
     check_score_blocks_args(q, reps, n_valid, scale)
     return score_blocks_ref(q, reps, n_valid, scale)
+
+
+def block_lse(q, k, block_size, scale, prefer: str = "auto"):
+    """q [H, R, D]; k [H, n * B, D] -> [H, R, n] float32: per row, the log of the summed
+    exp(scale * q . k) over each block of ``block_size`` keys (unnormalised)."""
+    if backend(q.device, prefer) == "triton":
+        from .block_lse_triton import block_lse as fast
+
+        return fast(q, k, block_size, scale)  # validates too
+    check_block_lse_args(q, k, block_size, scale)
+    return block_lse_ref(q, k, block_size, scale)
 
 
 def tier_attention_mass(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start, prefer: str = "auto"):

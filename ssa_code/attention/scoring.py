@@ -32,6 +32,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+import ssa_code.kernels as kernels
+
 
 def top_entries(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, top_k: int,
                 threshold: float) -> torch.Tensor:
@@ -99,7 +101,7 @@ def select_blocks(
 
 
 def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int,
-                       block_size: int, scale: float) -> torch.Tensor:
+                       block_size: int, scale: float, prefer: str = "torch") -> torch.Tensor:
     """Each stored block's largest share of one query's attention over all stored blocks.
 
     Args:
@@ -112,6 +114,9 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
             ``SSALayer._exact_scores``).
         n_blocks: ``N``, blocks in the store.
         block_size: ``B``, tokens per block.
+        prefer: kernel choice for the per-block log-sum-exp (``ssa_code.kernels.block_lse``;
+            the ``SSA_CODE_KERNELS`` variable overrides it). The PyTorch path multiplies in
+            float32; the Triton kernel takes the queries in the keys' dtype.
 
     Returns ``[H, N]`` float32: ``max`` over the group's heads and the ``M`` queries of the
     log of the share of that query's attention (softmax over the keys of all ``N`` blocks)
@@ -136,9 +141,11 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
         if lse is None:
             lse = torch.full((h, qg.shape[1], n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
         n = k.shape[1] // block_size
-        logits = torch.bmm(qg, k.float().transpose(1, 2)) * scale  # [H, G * M, n * B]
         # Per row and block: the log of the (unnormalised) attention mass the block receives.
-        lse[:, :, first:first + n] = logits.view(h, -1, n, block_size).logsumexp(-1)
+        if kernels.backend(q.device, prefer) == "triton":
+            lse[:, :, first:first + n] = kernels.block_lse(qg.to(k.dtype), k, block_size, scale, "triton")
+        else:
+            lse[:, :, first:first + n] = kernels.block_lse(qg, k.float(), block_size, scale, "torch")
     if lse is None:
         raise ValueError("key_runs is empty: there is no stored block to score")
     return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
