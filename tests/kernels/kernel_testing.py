@@ -14,6 +14,12 @@ SMALL_DEVICE = "cuda" if HAS_CUDA else "cpu"
 DEVICES = [pytest.param("small", id="small"), pytest.param("cuda", id="cuda", marks=GPU)]
 
 
+def case_params(cpu_cases, gpu_cases) -> list:
+    """``(device, case)`` parameters: every CPU case as "small", every GPU case as "cuda" (GPU only)."""
+    return ([pytest.param("small", c, id=f"small-{c}") for c in cpu_cases]
+            + [pytest.param("cuda", c, id=f"cuda-{c}", marks=GPU) for c in gpu_cases])
+
+
 def on(device: str) -> str:
     """The torch device of a test parameter: "small" -> SMALL_DEVICE."""
     return SMALL_DEVICE if device == "small" else device

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from kernel_testing import GPU, assert_close_to_gold, on
+from kernel_testing import assert_close_to_gold, case_params, on
 
 import ssa_code.kernels as K
 from ssa_code.kernels.block_lse_ref import block_lse_ref
@@ -23,13 +23,8 @@ GPU_CASES = {
 }
 
 
-def _params():
-    return ([pytest.param("small", c, id=f"small-{c}") for c in CPU_CASES]
-            + [pytest.param("cuda", c, id=f"cuda-{c}", marks=GPU) for c in GPU_CASES])
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("device,case", _params())
+@pytest.mark.parametrize("device,case", case_params(CPU_CASES, GPU_CASES))
 def test_block_lse_matches_reference(device, case, dtype):
     from ssa_code.kernels.block_lse_triton import block_lse
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from kernel_testing import on, GPU, assert_close_to_gold
+from kernel_testing import assert_close_to_gold, case_params, on
 
 import ssa_code.kernels as K
 from ssa_code.kernels.score_blocks_ref import score_blocks_ref
@@ -25,13 +25,8 @@ GPU_CASES = {
 }
 
 
-def _params():
-    return ([pytest.param("small", c, id=f"small-{c}") for c in CPU_CASES]
-            + [pytest.param("cuda", c, id=f"cuda-{c}", marks=GPU) for c in GPU_CASES])
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("device,case", _params())
+@pytest.mark.parametrize("device,case", case_params(CPU_CASES, GPU_CASES))
 def test_score_blocks_matches_reference(device, case, dtype):
     from ssa_code.kernels.score_blocks_triton import score_blocks
 

@@ -7,7 +7,9 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import on, DEVICES, GPU, HAS_CUDA, assert_close_to_gold, make_tier_inputs
+from kernel_testing import (
+    DEVICES, HAS_CUDA, assert_close_to_gold, case_params, make_tier_inputs, on,
+)
 
 import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_ref
@@ -48,15 +50,6 @@ def _cases(device):
     return CPU_CASES if device == "small" else GPU_CASES
 
 
-def _params():
-    out = []
-    for name in CPU_CASES:
-        out.append(pytest.param("small", name, id=f"small-{name}"))
-    for name in GPU_CASES:
-        out.append(pytest.param("cuda", name, id=f"cuda-{name}", marks=GPU))
-    return out
-
-
 def _takes_split_path(hq, hkv, m, cap, splits, device):
     from ssa_code.kernels.tier_attention_triton import plan_splits
 
@@ -68,7 +61,7 @@ def _takes_split_path(hq, hkv, m, cap, splits, device):
 
 @pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device,case", _params())
+@pytest.mark.parametrize("device,case", case_params(CPU_CASES, GPU_CASES))
 def test_tier_attention_matches_reference(device, case, dtype, combine):
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
