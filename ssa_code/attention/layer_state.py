@@ -605,9 +605,9 @@ class SSALayer(CacheLayerMixin):
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
         inv = self.cache.inv_freq_on(self.device)
         piece = max(1, self.EXACT_LOGITS // (q.shape[0] * q.shape[1] * b))
-        floor = int(self._eff(torch.zeros(1, dtype=torch.int64)).item())  # 0: true positions
+        floor = self.floor  # what _eff applies: max(p, floor); 0 leaves true positions
         # Blocks [0, far_blocks) end below floor: shown at floor, every token of them.
-        far_blocks = max(0, (floor - cfg.sinks) // b) if floor > 0 else 0
+        far_blocks = max(0, (floor - cfg.sinks) // b)
         q_far = rotate(q.float(), torch.tensor(-floor, device=q.device), inv) if far_blocks else None
 
         def runs():
