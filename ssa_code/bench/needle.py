@@ -583,21 +583,26 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     return cells
 
 
+def _answer(m: str, prompt: Prompt, tokenizer, configs, ssa_model, dense_model, dev) -> tuple[list[int], dict]:
+    """Method ``m``'s greedy continuation of ``prompt`` (the value's tokens and one more) and
+    its stats."""
+    new_tokens = len(encode(tokenizer, prompt.asked.value)) + 1
+    if m == "dense":
+        return run_dense(dense_model, prompt, new_tokens, dev)
+    return run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+
+
 def _warm_up(methods: Sequence[str], length: int, hay: Haystack, lines: LineBoundaries, tokenizer,
              configs, ssa_model, dense_model, dev, dense_max: int, seed: int, log) -> None:
     """Each method answers one prompt of ``length`` tokens that no cell uses; nothing recorded."""
     rng = random.Random(f"{seed}:warm-up")
     needles, asked = make_needles(rng, 1)
     prompt = build_prompt(hay, lines, tokenizer, length, 0.5, needles, asked, rng)
-    new_tokens = len(encode(tokenizer, prompt.asked.value)) + 1
     for m in methods:
         if m == "dense" and prompt.ids.size > dense_max:
             continue
         t = time.time()
-        if m == "dense":
-            run_dense(dense_model, prompt, new_tokens, dev)
-        else:
-            run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+        _answer(m, prompt, tokenizer, configs, ssa_model, dense_model, dev)
         log(f"{m:9s} warm-up at {length} tokens: {time.time() - t:.2f}s (not recorded)")
 
 
@@ -607,7 +612,6 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
     import torch
 
     value = prompt.asked.value
-    new_tokens = len(encode(tokenizer, value)) + 1
     cell = Cell(m, k, length, depth, prompt_tokens=int(prompt.ids.size),
                 needle_depth=prompt.needle_pos / prompt.ids.size, expected=value,
                 copies=prompt.copies)
@@ -620,10 +624,7 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
         return cell
     t = time.time()
     try:
-        if m == "dense":
-            out, stats = run_dense(dense_model, prompt, new_tokens, dev)
-        else:
-            out, stats = run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+        out, stats = _answer(m, prompt, tokenizer, configs, ssa_model, dense_model, dev)
     except torch.cuda.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         cell.note = f"out of memory: {str(e)[:120]}"
