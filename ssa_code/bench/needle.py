@@ -33,6 +33,8 @@ by estimated cost, the prompts do not depend on the split) and ``--merge DIR...`
 Output in ``--out``: ``needle.json`` (every cell), ``needle.md`` (tables) and one heatmap
 ``needle_<method>.png`` (depth x length, one panel per key count). Cells that the time
 budget (``--max-minutes``) or ``--dense-max`` left out are reported as not run, never guessed.
+``--resume DIR`` runs only the cells that DIR's report left unrun; ``--merge DIR OUT...`` then
+puts the two together.
 A haystack shorter than a requested length is repeated (cycled) and the report says so.
 
 Experimental; the accuracy numbers are only as good as the tiny model they run on.
@@ -49,7 +51,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -532,7 +534,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
                   device: str | None = None, rounds: int = 1, shard: tuple[int, int] = (0, 1),
-                  warmup: bool = True, log=print, on_progress=None) -> list[Cell]:
+                  warmup: bool = True, skip: Collection[tuple] = (), log=print,
+                  on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
@@ -540,6 +543,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     the same method, scaled by length) would pass the deadline is recorded as not run.
     ``shard (i, n)``: run only the cells :func:`shard_of` gives process ``i`` of ``n`` (the
     prompts do not depend on the split; :func:`merge_runs` joins the outputs).
+    ``skip``: cells already measured (:func:`cell_key` tuples, e.g. from ``--resume``) are
+    left out of the plan before it is split.
     ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
     first answers one unrecorded prompt of the shortest length, so that compiling the kernels
     (about 40 s on an H200) counts in no cell's seconds nor in the time estimates that decide
@@ -555,7 +560,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     index, shards = shard
     if not 0 <= index < shards:
         raise ValueError(f"shard {index} of {shards} does not exist")
-    plan = plan_cells(lengths, depths, keys, methods, rounds)
+    plan = [c for c in plan_cells(lengths, depths, keys, methods, rounds)
+            if (c[4], c[2], c[1], float(depths[c[3]])) not in skip]
     owner = shard_of(plan, shards)
     mine = [cell for cell, o in zip(plan, owner) if o == index]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -790,40 +796,66 @@ def write_outputs(cells: Sequence[Cell], meta: dict, out: Path) -> list[Path]:
     return heatmaps(cells, out)
 
 
-def merge_runs(folders: Sequence[Path], out: Path) -> tuple[list[Cell], dict]:
-    """Join the ``needle.json`` of shards (``--shard i/n``) into one report in ``out``.
+def cell_key(c: Cell) -> tuple[str, int, int, float]:
+    """What names a cell across runs: (method, keys, length, depth)."""
+    return (c.method, c.keys, c.length, c.depth)
 
-    The shards must come from the same benchmark (same model, haystack, configs and seed);
-    a cell measured by two of them is refused.
+
+def read_run(folder: Path) -> tuple[list[Cell], dict]:
+    """The cells and meta of a run's (or a merged report's) ``needle.json``."""
+    path = Path(folder) / "needle.json"
+    try:
+        data = json.loads(path.read_text())
+        return [Cell(**c) for c in data["cells"]], data["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a needle.json ({e})") from None
+
+
+def benchmark_differs(a: dict, b: dict) -> list[str]:
+    """The meta fields in which two runs are not the same benchmark (empty: they are).
+
+    Runs may cover different lengths and methods; a method both ran must have the same config.
     """
-    cells: list[Cell] = []
+    diff = [k for k in ("model", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
+    ca, cb = a.get("configs") or {}, b.get("configs") or {}
+    if any(ca[m] != cb[m] for m in ca.keys() & cb.keys()):
+        diff.append("configs")
+    return diff
+
+
+def merge_runs(folders: Sequence[Path], out: Path) -> tuple[list[Cell], dict]:
+    """Join the ``needle.json`` of shards (``--shard i/n``) or of resumed runs into one report.
+
+    The folders must come from the same benchmark (:func:`benchmark_differs`). A cell that one
+    folder left unrun and another measured takes the measurement (how a ``--resume`` run fills
+    an earlier report); a cell measured in two folders is refused.
+    """
+    measured: dict[tuple, Cell] = {}
+    unrun: dict[tuple, Cell] = {}
     meta: dict | None = None
-    seen: set[tuple] = set()
-    same = ("model", "seed", "budget", "chunk_size", "haystack", "configs")
     for folder in folders:
-        path = Path(folder) / "needle.json"
-        try:
-            data = json.loads(path.read_text())
-            part = [Cell(**c) for c in data["cells"]]
-            m = data["meta"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a needle.json ({e})") from None
+        part, m = read_run(folder)
         if meta is None:
-            meta = dict(m, shards=[])
-        diff = [k for k in same if m.get(k) != meta.get(k)]
+            meta = dict(m, shards=[], configs=dict(m.get("configs") or {}))
+        diff = benchmark_differs(m, meta)
         if diff:
-            raise ValueError(f"{path}: another benchmark than {folders[0]} (differs in {', '.join(diff)})")
+            raise ValueError(f"{Path(folder) / 'needle.json'}: another benchmark than {folders[0]} "
+                             f"(differs in {', '.join(diff)})")
+        meta["configs"].update(m.get("configs") or {})
         meta["shards"].append({"folder": str(folder), "shard": m.get("shard"), "seconds": m.get("seconds"),
                                "device": m.get("device")})
         for c in part:
-            key = (c.method, c.keys, c.length, c.depth)
-            if key in seen:
-                raise ValueError(f"{path}: cell {key} is also in another shard")
-            seen.add(key)
-            cells.append(c)
+            key = cell_key(c)
+            if c.correct is None:
+                unrun.setdefault(key, c)
+            elif key in measured:
+                raise ValueError(f"{Path(folder) / 'needle.json'}: cell {key} is also in another shard")
+            else:
+                measured[key] = c
     if meta is None:
         raise ValueError("no shard folders given")
     meta["seconds"] = max((s["seconds"] or 0.0) for s in meta["shards"])
+    cells = [*measured.values(), *(c for k, c in unrun.items() if k not in measured)]
     cells.sort(key=lambda c: (METHODS.index(c.method), c.keys, c.length, c.depth))
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(cells, meta, out)
@@ -888,6 +920,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only this process's share of the cells (processes 0..N-1, e.g. one "
                          "per GPU or several per GPU), then join their --out folders with --merge")
+    ap.add_argument("--resume", type=Path, metavar="DIR",
+                    help="skip the cells that DIR's needle.json (an earlier run of the same "
+                         "benchmark, or its merged report) measured; join them with --merge")
     ap.add_argument("--ssa-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change one SSAConfig field of the ssa method only, for ablations "
                          "(e.g. summaries=0; repeatable; recorded in needle.json's configs)")
@@ -973,6 +1008,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__, "argv": list(argv) if argv is not None else sys.argv[1:],
         "shard": list(shard),
     }
+    skip: set[tuple] = set()
+    if args.resume:
+        try:
+            prev, prev_meta = read_run(args.resume)
+        except ValueError as e:
+            return fail(str(e))
+        diff = benchmark_differs(prev_meta, meta)
+        if diff:
+            return fail(f"--resume {args.resume}: another benchmark (differs in {', '.join(diff)})")
+        skip = {cell_key(c) for c in prev if c.correct is not None}
+        print(f"--resume: {len(skip)} cells already measured in {args.resume}", file=sys.stderr)
     t0 = time.time()
 
     def write(cells: Sequence[Cell]) -> list[Path]:
@@ -984,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
                               methods=methods, configs=configs, dense_max=args.dense_max,
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
-                              rounds=args.rounds, shard=shard, warmup=not args.no_warmup,
+                              rounds=args.rounds, shard=shard, warmup=not args.no_warmup, skip=skip,
                               log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)
     except ValueError as e:

@@ -57,3 +57,62 @@ def test_sharded_runs_merge_into_the_unsharded_report(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "also in another shard" in err and len(err.splitlines()) == 1
     assert main([*args, "--shard", "2/2", "--out", str(tmp_path / "x")]) == 2
+
+
+def _write_run(folder, cells, **meta):
+    folder.mkdir(parents=True)
+    base = {"model": "m", "device": "cpu", "seed": 0, "budget": 640, "chunk_size": 256, "haystack": {"tokens": 9, "repos": [{"repo": "r", "tokens": 9}]},
+            "configs": {"streaming": {"budget": 640}}, "seconds": 1.0}
+    (folder / "needle.json").write_text(json.dumps({"meta": {**base, **meta}, "cells": cells}))
+
+
+def _cell(depth, correct, method="streaming", output="x"):
+    return {"method": method, "keys": 1, "length": 512, "depth": depth, "correct": correct,
+            "expected": "x", "output": output if correct is not None else "",
+            "seconds": 1.0 if correct is not None else None,
+            "note": "" if correct is not None else "not run: time budget"}
+
+
+def test_merge_fills_unrun_cells_and_refuses_a_cell_measured_twice(tmp_path, capsys):
+    _write_run(tmp_path / "first", [_cell(0.0, True), _cell(0.5, None), _cell(1.0, None)])
+    # A resumed run of the same benchmark measured one of the two unrun cells, with another method.
+    _write_run(tmp_path / "fill", [_cell(0.5, False, output="y"), _cell(0.5, True, method="ssa")],
+               configs={"ssa": {"budget": 640}})
+    assert main(["--merge", str(tmp_path / "first"), str(tmp_path / "fill"), "--out", str(tmp_path / "m")]) == 0
+    data = json.loads((tmp_path / "m" / "needle.json").read_text())
+    got = {(c["method"], c["depth"]): (c["correct"], c["output"]) for c in data["cells"]}
+    assert got == {("streaming", 0.0): (True, "x"), ("streaming", 0.5): (False, "y"),
+                   ("streaming", 1.0): (None, ""), ("ssa", 0.5): (True, "x")}
+    assert set(data["meta"]["configs"]) == {"streaming", "ssa"}
+    capsys.readouterr()
+    # Measured in both: refused. Same method with another config: another benchmark.
+    _write_run(tmp_path / "again", [_cell(0.0, False)])
+    _write_run(tmp_path / "other", [_cell(1.0, True)], configs={"streaming": {"budget": 1024}})
+    for second, words in (("again", "also in another shard"), ("other", "differs in configs")):
+        assert main(["--merge", str(tmp_path / "first"), str(tmp_path / second), "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and words in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_resume_runs_only_the_cells_left_unrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
+    hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], default_tokenizer())
+    hay.save(tmp_path / "hay.npz")
+    args = ["--tokens", str(tmp_path / "hay.npz"), "--depths", "2", "--keys", "1", "--methods", "streaming",
+            "--budget", "640", "--chunk-size", "256", "--block-size", "32", "--sinks", "16", "--device", "cpu"]
+    assert main([*args, "--lengths", "512", "--out", str(tmp_path / "first")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--lengths", "512,1k", "--resume", str(tmp_path / "first"), "--out", str(tmp_path / "fill")]) == 0
+    assert "--resume: 2 cells already measured" in capsys.readouterr().err
+    fill = json.loads((tmp_path / "fill" / "needle.json").read_text())["cells"]
+    assert sorted((c["length"], c["depth"]) for c in fill) == [(1024, 0.0), (1024, 1.0)]
+    assert main(["--merge", str(tmp_path / "first"), str(tmp_path / "fill"), "--out", str(tmp_path / "m")]) == 0
+    assert len(json.loads((tmp_path / "m" / "needle.json").read_text())["cells"]) == 4
+    # Another seed is another benchmark: refused in one line.
+    capsys.readouterr()
+    assert main([*args, "--lengths", "1k", "--seed", "3", "--resume", str(tmp_path / "first"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "differs in seed" in err and len(err.splitlines()) == 1
