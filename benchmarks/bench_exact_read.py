@@ -15,8 +15,7 @@ script times, per layer:
 - ``on device, queries rotated``: the same keys, un-rotated, scored with the queries rotated
   back once (``SSALayer._exact_scores`` now);
 - ``on device, queries rotated, kernel``: the same through the Triton block log-sum-exp
-  (``ssa_code.kernels.block_lse``: no logits in memory; SSA uses it only under
-  ``SSA_CODE_KERNELS=triton`` until this row has been measured);
+  (``ssa_code.kernels.block_lse``: no logits in memory; what SSA uses on CUDA);
 
 beside two plain copies of the same bytes in the same run: one 1-run pageable ``.to(device)``
 and one from page-locked memory (the link's speed).

@@ -7,9 +7,10 @@ rows and streams a run of key blocks through the tensor cores, reducing each blo
 one log-sum-exp in registers, so the [H, R, n * B] float32 logits (about 7 GB per layer at 1M
 tokens) are never written.
 
-Trust: tested on CPU under the Triton interpreter at small sizes; not yet run on a GPU, so the
-attention code uses it only when SSA_CODE_KERNELS=triton forces Triton
-(`ssa_code.attention.layer_state.SSALayer._exact_scores`).
+Trust: tested on CPU under the Triton interpreter at small sizes and on an H200 at real sizes
+(tests/kernels/test_block_lse.py), where it scores one layer at 1M stored tokens in 9.7 ms
+against 47.3 ms for the PyTorch path (benchmarks/bench_exact_read.py). Used on CUDA by
+`ssa_code.attention.layer_state.SSALayer._exact_scores` through `SSAConfig.kernels`.
 """
 from __future__ import annotations
 

@@ -621,9 +621,7 @@ class SSALayer(CacheLayerMixin):
                     pos = cfg.sinks + torch.arange((first + split) * b, (first + n) * b, device=self.device)
                     yield first + split, rotate(k[:, split * b:], self._eff(pos), inv)
 
-        # The block log-sum-exp kernel runs only when SSA_CODE_KERNELS=triton forces Triton: it has
-        # passed the interpreter tests but not yet run on a GPU (kernels/block_lse_triton.py).
-        return exact_block_scores(q, runs(), self.store.num_blocks, b, scale, prefer="torch")
+        return exact_block_scores(q, runs(), self.store.num_blocks, b, scale, prefer=cfg.kernels)
 
     def _top_entries(self, scores: torch.Tensor) -> torch.Tensor:
         return top_entries(scores, self.index.lo, self.index.hi, self.cfg.top_k, self.cfg.threshold)
