@@ -17,19 +17,20 @@ Outputs (``--out``)::
     tiny/tokenizer.json, tiny/tokenizer_config.json     (the checkpoint, bf16)
     model_card.md, loss.json, train.log
 
-On the GPU machine (from the repository root), the shipped checkpoint's run (H200, 8.5 min)::
+On one GPU (from the repository root; 8.5 min on an H200)::
 
-    PYTHONPATH=. python3 scripts/train_tiny.py --minutes 9.15 --compile --set retrieval_fraction=0.5 --out $OUT
+    PYTHONPATH=. python3 scripts/train_tiny.py --minutes 9.15 --compile --out $OUT
 
 The checkpoint is about 29 MiB; the device tool returns files of at most 16 MiB, so pack
 ``$OUT/tiny`` into a tar and ``split -b 15M`` it there.
 
 On several GPUs of one machine, data parallel (one process a GPU; each draws its own rows,
 gradients are averaged over NCCL, and the processes share one clock so they agree on every
-step's learning rate and on when to stop; the first process evaluates and saves)::
+step's learning rate and on when to stop; the first process evaluates and saves). The shipped
+checkpoint's run (four H200s, 8.2 min)::
 
     PYTHONPATH=. python3 -m torch.distributed.run --standalone --nproc_per_node 4 \
-        scripts/train_tiny.py --minutes 9.15 --compile --out $OUT
+        scripts/train_tiny.py --minutes 9.0 --compile --out $OUT
 
 Rows per step stay ``micro_batch * grad_accum`` while ``grad_accum`` divides by the number of
 processes (16 x 2 on two GPUs); on four, each process takes one micro-batch a step (64 rows).
@@ -808,6 +809,13 @@ data-parallel process(es).
 # --------------------------------------------------------------------------- data parallel
 
 
+def launch_command(world: int, args: list[str]) -> str:
+    """The command line that reproduces this run (from the repository root), for the model card."""
+    launcher = (f"python3 -m torch.distributed.run --standalone --nproc_per_node {world} "
+                if world > 1 else "python3 ")
+    return "PYTHONPATH=. " + launcher + "scripts/train_tiny.py " + " ".join(args)
+
+
 def init_distributed(device: str):
     """(rank, world, local_rank, control group) from torchrun's environment, or (0, 1, 0, None).
 
@@ -1108,7 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_bytes": size, "retrieval": retrieval, "rows": rows_all,
         "retrieval_rows": ret_all, "processes": world, "rows_per_step": rows_per_step,
         "replicas_equal": replicas_equal,
-        "command": "python3 scripts/train_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": launch_command(world, argv if argv is not None else sys.argv[1:]),
     }
     (out / "loss.json").write_text(json.dumps(
         {"config": asdict(cfg), "data": stats, "result": result, "curve": curve}, indent=1) + "\n")

@@ -32,7 +32,7 @@ def test_one_process_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     result = json.loads((out / "loss.json").read_text())["result"]
     assert result["processes"] == 1 and result["steps"] == 6 and result["replicas_equal"]
     card = (out / "model_card.md").read_text()
-    assert "| command | `python3 scripts/train_tiny.py --cpu-smoke --out" in card
+    assert "| command | `PYTHONPATH=. python3 scripts/train_tiny.py --cpu-smoke --out" in card
     assert "| processes (data parallel) | 1 |" in card
 
 
@@ -47,6 +47,9 @@ def test_two_processes_agree_on_every_step_and_keep_equal_weights(tmp_path):
     assert result["processes"] == 2 and result["rows_per_step"] == 4
     assert result["steps"] >= 1 and result["replicas_equal"] is True
     assert result["tokens_seen"] == result["steps"] * 4 * 256
+    # The card's command is the one that reproduces the run: the launcher included.
+    assert result["command"].startswith(
+        "PYTHONPATH=. python3 -m torch.distributed.run --standalone --nproc_per_node 2 scripts/train_tiny.py --cpu-smoke")
     # Only the first process logs and writes.
     assert r.stdout.count("] done in ") == 1
     assert sorted(p.name for p in out.iterdir()) == ["loss.json", "model_card.md", "tiny", "train.log"]
