@@ -16,11 +16,15 @@ script times, per layer:
   back once (``SSALayer._exact_scores`` now);
 - ``on device, queries rotated, kernel``: the same through the Triton block log-sum-exp
   (``ssa_code.kernels.block_lse``: no logits in memory; what SSA uses on CUDA);
+- ``on device, queries rotated, kernel, one run``: the same with the whole layer in one launch
+  instead of runs of ``--piece-blocks`` (sized for the PyTorch path's logits);
+- ``pinned feed, kernel``: ``pinned feed`` scored through the kernel (the copy should then bound it);
 
 beside two plain copies of the same bytes in the same run: one 1-run pageable ``.to(device)``
 and one from page-locked memory (the link's speed).
 
-Usage (CUDA machine): ``python benchmarks/bench_exact_read.py [--tokens 1048576] [--out DIR]``.
+Usage (CUDA machine): ``python benchmarks/bench_exact_read.py [--tokens 1048576] [--piece-blocks N]
+[--out DIR]``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=1 << 20, help="stored tokens per layer")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="folder for bench_exact_read.json")
+    ap.add_argument("--piece-blocks", type=int, default=0,
+                    help="blocks per run of keys (default: SSALayer's, sized for the PyTorch logits)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA device", file=sys.stderr)
@@ -71,12 +77,13 @@ def main(argv=None) -> int:
         store.append(k, k)
     next(store.key_runs(1))  # waits for the store's writer thread to finish the appends
     q = torch.randn(hq, m, d, device=dev, dtype=torch.bfloat16)
-    piece = max(1, SSALayer.EXACT_LOGITS // (hq * m * b))
+    piece = args.piece_blocks or max(1, SSALayer.EXACT_LOGITS // (hq * m * b))
     scale = d ** -0.5
     key_bytes = n_blocks * h * b * d * 2
 
-    def score(runs):
-        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in runs), n_blocks, b, scale)
+    def score(runs, prefer="torch"):
+        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in runs), n_blocks, b,
+                                  scale, prefer=prefer)
 
     on_device = [(f, k.to(dev)) for f, k in store.key_runs(piece)]
     # Qwen2.5-7B's RoPE (theta 1e6, 128 dims); far keys shown at one position near the end.
@@ -88,10 +95,12 @@ def main(argv=None) -> int:
         return exact_block_scores(q, ((f, rotate(k, torch.full(k.shape[1:2], floor, device=dev), inv))
                                       for f, k in runs), n_blocks, b, scale)
 
-    def queries_rotated(prefer="torch"):
+    def queries_rotated(prefer="torch", runs=None):
         q_far = rotate(q.float(), torch.tensor(-floor, device=dev), inv)
-        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d), q_far) for f, k in on_device),
+        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d), q_far) for f, k in runs or on_device),
                                   n_blocks, b, scale, prefer=prefer)
+
+    one_run = [(0, torch.cat([k for _, k in on_device]))]  # the whole layer in one launch
 
     big_pageable = torch.empty(key_bytes // 2, dtype=torch.bfloat16).normal_()
     big_pinned = torch.empty(key_bytes // 2, dtype=torch.bfloat16, pin_memory=True).copy_(big_pageable)
@@ -102,6 +111,8 @@ def main(argv=None) -> int:
         "on device, keys rotated": keys_rotated,
         "on device, queries rotated": queries_rotated,
         "on device, queries rotated, kernel": lambda: queries_rotated("triton"),
+        "on device, queries rotated, kernel, one run": lambda: queries_rotated("triton", one_run),
+        "pinned feed, kernel": lambda: score(to_device_runs(store.key_runs(piece), dev), "triton"),
         "copy, pageable, one run": lambda: big_pageable.to(dev),
         "copy, page-locked, one run": lambda: big_pinned.to(dev, non_blocking=True),
     }
@@ -113,12 +124,14 @@ def main(argv=None) -> int:
     assert err < 0.05, f"rotating the queries back changed the scores by {err:.3f}"
     err = (queries_rotated("triton") - queries_rotated()).abs().max().item()
     assert err < 0.05, f"the block log-sum-exp kernel changed the scores by {err:.3f}"
+    err = (queries_rotated("triton", one_run) - queries_rotated("triton")).abs().max().item()
+    assert err < 1e-4, f"scoring the layer in one run changed the kernel's scores by {err:.2e}"
     results = {}
     for name, fn in cases.items():
         fn()  # warm up (kernels, the caching host allocator's pinned blocks)
         sec = _timed(fn, args.repeats)
         results[name] = {"seconds": sec, "GB_per_s": key_bytes / sec / 1e9}
-        print(f"{name:28s} {sec * 1e3:8.1f} ms  {key_bytes / sec / 1e9:6.1f} GB/s of keys", flush=True)
+        print(f"{name:44s} {sec * 1e3:8.1f} ms  {key_bytes / sec / 1e9:6.1f} GB/s of keys", flush=True)
     meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "tokens": args.tokens,
             "key_bytes": key_bytes, "piece_blocks": piece, "repeats": args.repeats}
     print(json.dumps(meta))
