@@ -27,15 +27,19 @@ def test_shards_cover_every_cell_once_and_balance_the_work():
     assert shard_of(plan, 4) == shard_of(list(plan), 4)  # every process computes the same split
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
-def test_sharded_runs_merge_into_the_unsharded_report(tmp_path, monkeypatch, capsys):
+def _small_benchmark(tmp_path, monkeypatch) -> list[str]:
+    """Options of a CPU-sized run (sinks + window, one key) on the packed sample repository."""
     monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
     hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], default_tokenizer())
     hay.save(tmp_path / "hay.npz")
-    args = ["--tokens", str(tmp_path / "hay.npz"), "--lengths", "512,1k", "--depths", "3", "--keys", "1",
-            "--methods", "streaming", "--budget", "640", "--chunk-size", "256", "--block-size", "32",
-            "--sinks", "16", "--device", "cpu"]
+    return ["--tokens", str(tmp_path / "hay.npz"), "--keys", "1", "--methods", "streaming", "--budget", "640",
+            "--chunk-size", "256", "--block-size", "32", "--sinks", "16", "--device", "cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_sharded_runs_merge_into_the_unsharded_report(tmp_path, monkeypatch, capsys):
+    args = [*_small_benchmark(tmp_path, monkeypatch), "--lengths", "512,1k", "--depths", "3"]
     assert main([*args, "--out", str(tmp_path / "all")]) == 0
     # One unrecorded warm-up prompt per method, at the shortest length, before the cells.
     assert "streaming warm-up at 512 tokens" in capsys.readouterr().err
@@ -97,11 +101,7 @@ def test_merge_fills_unrun_cells_and_refuses_a_cell_measured_twice(tmp_path, cap
 @pytest.mark.slow
 @pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
 def test_resume_runs_only_the_cells_left_unrun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
-    hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], default_tokenizer())
-    hay.save(tmp_path / "hay.npz")
-    args = ["--tokens", str(tmp_path / "hay.npz"), "--depths", "2", "--keys", "1", "--methods", "streaming",
-            "--budget", "640", "--chunk-size", "256", "--block-size", "32", "--sinks", "16", "--device", "cpu"]
+    args = [*_small_benchmark(tmp_path, monkeypatch), "--depths", "2"]
     assert main([*args, "--lengths", "512", "--out", str(tmp_path / "first")]) == 0
     capsys.readouterr()
     assert main([*args, "--lengths", "512,1k", "--resume", str(tmp_path / "first"), "--out", str(tmp_path / "fill")]) == 0
