@@ -13,14 +13,13 @@ import tempfile
 import time
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ssa_code.kernels import block_lse_triton as BL  # noqa: E402
 from ssa_code.kernels import score_blocks_triton as SB  # noqa: E402
 from ssa_code.kernels import tier_attention_triton as TA  # noqa: E402
+from ssa_code.kernels.sm90_compile import compile_sm90  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
@@ -36,16 +35,10 @@ def resources(cubin: bytes) -> str:
     return " ".join(lines[0].split()[:3]) if lines else "?"
 
 
-def report(fn, types, consts, num_warps, num_stages):
-    """types: argument name -> Triton type string; consts: constexpr values; strides and
-    pointers are marked 16-divisible, as the launcher's specialisation would see them."""
-    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
-    div16 = [n for n in fn.arg_names if n not in consts and (sig[n].startswith("*")
-                                                             or n.startswith("stride"))]
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
+def report(fn, types, consts, num_warps, num_stages, not_divisible=()):
+    """One line per compiled config (arguments as for ``compile_sm90``)."""
     t0 = time.time()
-    k = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=TARGET,
-                       options={"num_warps": num_warps, "num_stages": num_stages})
+    k = compile_sm90(fn, types, consts, num_warps, num_stages, not_divisible)
     ptx = k.asm["ptx"]
     shown = {c: v for c, v in consts.items()
              if c.startswith("BLOCK") or c in ("SPLIT", "FLAT_KEYS", "FUSED")}
@@ -87,6 +80,10 @@ def main():
         for c in SB._CONFIGS:
             report(SB.ssa_score_blocks_kernel, dict(Q=bf16, REPS=bf16, PART="*fp32", sm_scale="fp32"),
                    dict(base, HEAD_DIM=head_dim, **c.kwargs), c.num_warps, c.num_stages)
+    # The question's exact choice, as block_lse_fwd launches it on a GPU.
+    report(BL.ssa_block_lse_kernel, dict(Q=bf16, K=bf16, OUT="*fp32", sm_scale="fp32"),
+           dict(HEAD_DIM=128, BLOCK=64, BLOCK_R=64, BLOCKS_PER_PROG=16, INPUT_PRECISION="ieee"), 4, 2,
+           not_divisible=("stride_or",))
 
 
 if __name__ == "__main__":

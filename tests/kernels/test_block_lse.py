@@ -80,25 +80,18 @@ def test_exact_block_scores_are_the_same_through_the_kernel(dtype):
 
 
 # Compiles the kernel for an H100/H200 (sm_90) in a fresh process (this one runs Triton's
-# interpreter, whose kernels cannot be compiled) and prints the Triton GPU IR. Argument values
-# as in a real call (7 x 64 rows, head_dim 128): every pointer and stride but NB and the
-# output's row stride (1) is a multiple of 16, which Triton specializes on at launch.
+# interpreter, whose kernels cannot be compiled) and prints the Triton GPU IR, with the
+# configuration block_lse_fwd launches on a GPU.
 _COMPILE_FOR_HOPPER = """
 import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from ssa_code.kernels.block_lse_triton import ssa_block_lse_kernel as fn
+from ssa_code.kernels.sm90_compile import compile_sm90
 consts = {"HEAD_DIM": 128, "BLOCK": 64, "BLOCK_R": 64, "BLOCKS_PER_PROG": 16, "INPUT_PRECISION": "ieee"}
-types = {"Q": "*bf16", "K": "*bf16", "OUT": "*fp32", "sm_scale": "fp32"}
-sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
-odd = ("sm_scale", "NB", "stride_or")
-attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a not in consts and a not in odd}
 try:
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    k = compile_sm90(fn, {"Q": "*bf16", "K": "*bf16", "OUT": "*fp32", "sm_scale": "fp32"}, consts,
+                     num_warps=4, num_stages=2, not_divisible=("stride_or",))
 except TypeError:
     sys.exit(3)  # an older Triton, whose ASTSource takes other arguments
-k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
 print(k.asm["ttgir"])
 """
 
