@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+
 
 def check_block_lse_args(q, k, block_size, scale, *, triton: bool = False) -> None:
     """ValueError naming the bad argument, for the public block_lse functions (``triton``: also
@@ -21,20 +23,17 @@ def check_block_lse_args(q, k, block_size, scale, *, triton: bool = False) -> No
     hk, t, dk = k.shape
     if hk != h or dk != d:
         raise ValueError(f"k has shape {tuple(k.shape)}, q has {tuple(q.shape)}: heads and head_dim must match")
-    if triton and d not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head_dim {d} is not supported (16, 32, 64, 128 or 256)")
+    if triton:
+        check_head_dim(d)
     if triton and block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size {block_size} is not supported (16, 32, 64 or 128)")
     if block_size < 1 or t % block_size:
         raise ValueError(f"k has {t} keys, not a whole number of blocks of {block_size}")
     if r < 1:
         raise ValueError(f"q has {r} rows, expected at least 1")
-    if k.dtype != q.dtype or k.device != q.device:
-        raise ValueError(f"k is {k.dtype} on {k.device}, q is {q.dtype} on {q.device}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"q has dtype {q.dtype}, expected float16, bfloat16 or float32")
-    if not (float(scale) > 0.0 and float(scale) < float("inf")):
-        raise ValueError(f"scale must be positive and finite, got {scale}")
+    check_like_q("k", k, q)
+    check_dtype(q)
+    check_scale(scale)
 
 
 def block_lse_ref(q, k, block_size, scale, *, compute_dtype=torch.float32):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+
 # Budget for one sub-chunk's logits [Hkv, G * chunk, N], in elements (~0.5 GiB in float32).
 _LOGIT_ELEMS = 1 << 27
 
@@ -22,20 +24,16 @@ def check_score_blocks_args(q, reps, n_valid, scale) -> None:
     hkv, n, dr = reps.shape
     if dr != d:
         raise ValueError(f"reps has head_dim {dr}, q has {d}")
-    if d not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head_dim {d} is not supported (16, 32, 64, 128 or 256)")
+    check_head_dim(d)
     if hkv < 1 or hq % hkv:
         raise ValueError(f"{hq} query heads are not a multiple of {hkv} KV heads")
     if m < 1:
         raise ValueError(f"q has {m} queries, expected at least 1")
-    if reps.dtype != q.dtype or reps.device != q.device:
-        raise ValueError(f"reps is {reps.dtype} on {reps.device}, q is {q.dtype} on {q.device}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"q has dtype {q.dtype}, expected float16, bfloat16 or float32")
+    check_like_q("reps", reps, q)
+    check_dtype(q)
     if not (0 <= int(n_valid) <= n):
         raise ValueError(f"n_valid {n_valid} is outside [0, {n}]")
-    if not (float(scale) > 0.0 and float(scale) < float("inf")):
-        raise ValueError(f"scale must be positive and finite, got {scale}")
+    check_scale(scale)
 
 
 def score_blocks_ref(q, reps, n_valid, scale, *, compute_dtype=torch.float32):

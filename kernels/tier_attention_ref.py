@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+
 # Budget for one chunk's logits tensor [Hq, chunk, T + M], in elements (~0.5 GiB in float32).
 _LOGIT_ELEMS = 1 << 27
-
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 def _shape(name, x, shape):
@@ -48,10 +46,8 @@ def check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale
     if k_buf.dim() != 3:
         raise ValueError(f"k_buf has shape {tuple(k_buf.shape)}, expected [Hkv, CAP, D]")
     hkv, cap, _ = k_buf.shape
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"q has dtype {q.dtype}, expected one of {_DTYPES}")
-    if d not in _HEAD_DIMS:
-        raise ValueError(f"head_dim {d} is not supported (one of {_HEAD_DIMS})")
+    check_dtype(q)
+    check_head_dim(d)
     if m < 1:
         raise ValueError(f"the chunk has {m} queries, expected at least 1")
     if hkv < 1 or hq % hkv:
@@ -62,15 +58,11 @@ def check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale
     _shape("k_new", k_new, (hkv, m, d))
     _shape("v_new", v_new, (hkv, m, d))
     for name, x in (("k_buf", k_buf), ("v_buf", v_buf), ("k_new", k_new), ("v_new", v_new)):
-        if x.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype}, expected q's dtype {q.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+        check_like_q(name, x, q)
     if bias.dtype != torch.float32 or bias.device != q.device:
         raise ValueError(f"bias must be float32 on {q.device}, got {bias.dtype} on {bias.device}")
     check_ranges(ranges, cap)
-    if not (float(scale) > 0.0 and float(scale) < float("inf")):
-        raise ValueError(f"scale must be positive and finite, got {scale}")
+    check_scale(scale)
 
 
 def check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start) -> None:
