@@ -12,8 +12,8 @@ Trust: tested on CPU under the Triton interpreter at small sizes and on an H200 
 against 47.3 ms for the PyTorch path (benchmarks/bench_exact_read.py). That version guarded
 the loop body with a branch, which kept Triton from pipelining the key loads; the loop is now
 branch-free and compiles to a pipelined one for sm_90 (checked by a test on the CPU, and by
-hand with Triton 3.6, the GPU machine's), not yet timed on a GPU. Used on CUDA by `ssa_code.attention.layer_state.SSALayer._exact_scores`
-through `SSAConfig.kernels`.
+hand with Triton 3.6, the GPU machine's), not yet timed on a GPU. Used on CUDA by
+`ssa_code.attention.layer_state.SSALayer._exact_scores` through `SSAConfig.kernels`.
 """
 from __future__ import annotations
 

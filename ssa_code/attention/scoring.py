@@ -126,26 +126,28 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
     """
     hq, m, d = q.shape
     lse: torch.Tensor | None = None
-    grouped: dict[int, torch.Tensor] = {}  # id(queries) -> [H, G * M, D] float32
+    path = kernels.backend(q.device, prefer)
+    # (id(queries), dtype) -> [H, G * M, D] as block_lse takes them, cast once for all runs.
+    grouped: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
-    def group(x: torch.Tensor, h: int) -> torch.Tensor:
-        if id(x) not in grouped:
-            grouped[id(x)] = x.reshape(h, hq // h * m, d).float()
-        return grouped[id(x)]
+    def group(x: torch.Tensor, h: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (id(x), dtype)
+        if key not in grouped:
+            grouped[key] = x.reshape(h, hq // h * m, d).float().to(dtype)
+        return grouped[key]
 
     for run in key_runs:
         first, k = run[0], run[1]
         q_run = run[2] if len(run) > 2 and run[2] is not None else q
         h = k.shape[0]
-        qg = group(q_run, h)  # [H, G * M, D]
+        # The kernel reads the keys as stored; the PyTorch path multiplies in float32.
+        k = k if path == "triton" else k.float()
+        qg = group(q_run, h, k.dtype)  # [H, G * M, D]
         if lse is None:
             lse = torch.full((h, qg.shape[1], n_blocks), float("-inf"), dtype=torch.float32, device=q.device)
         n = k.shape[1] // block_size
         # Per row and block: the log of the (unnormalised) attention mass the block receives.
-        if kernels.backend(q.device, prefer) == "triton":
-            lse[:, :, first:first + n] = kernels.block_lse(qg.to(k.dtype), k, block_size, scale, "triton")
-        else:
-            lse[:, :, first:first + n] = kernels.block_lse(qg, k.float(), block_size, scale, "torch")
+        lse[:, :, first:first + n] = kernels.block_lse(qg, k, block_size, scale, path)
     if lse is None:
         raise ValueError("key_runs is empty: there is no stored block to score")
     return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
