@@ -69,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ssa_code.atomic import write_text  # noqa: E402
 from ssa_code.bench.synthetic import LineBoundaries, random_needles  # noqa: E402
 
 TOKENIZER_DIR = REPO / "ssa_code" / "models" / "tiny"
@@ -803,9 +804,6 @@ data-parallel process(es).
 """
 
 
-# --------------------------------------------------------------------------- main
-
-
 # --------------------------------------------------------------------------- data parallel
 
 
@@ -871,6 +869,9 @@ def finish_distributed(ctl) -> None:
         return
     torch.distributed.barrier(group=ctl)
     torch.distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1118,12 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
         "replicas_equal": replicas_equal,
         "command": launch_command(world, argv if argv is not None else sys.argv[1:]),
     }
-    (out / "loss.json").write_text(json.dumps(
+    write_text(out / "loss.json", json.dumps(
         {"config": asdict(cfg), "data": stats, "result": result, "curve": curve}, indent=1) + "\n")
-    (out / "model_card.md").write_text(model_card(cfg, stats, result, curve))
+    write_text(out / "model_card.md", model_card(cfg, stats, result, curve))
     log(f"done in {wall / 60:.2f} min: {step} steps, {tokens_seen / 1e6:.1f}M tokens, "
         f"final loss {result['final_loss']:.3f}, held-out {ev_loss:.3f}")
-    (out / "train.log").write_text("\n".join(log.lines) + "\n")
+    write_text(out / "train.log", "\n".join(log.lines) + "\n")
     finish_distributed(ctl)
     return 0
 
