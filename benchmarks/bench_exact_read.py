@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ssa_code.atomic import write_text
 from ssa_code.attention.layer_state import SSALayer
 from ssa_code.attention.positions import rotate
 from ssa_code.attention.scoring import exact_block_scores
@@ -81,9 +82,11 @@ def main(argv=None) -> int:
     scale = d ** -0.5
     key_bytes = n_blocks * h * b * d * 2
 
+    def flat(k):  # a run as the store keeps it, [n, H, B, D], as exact_block_scores takes it
+        return k.transpose(0, 1).reshape(h, -1, d)
+
     def score(runs, prefer="torch"):
-        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in runs), n_blocks, b,
-                                  scale, prefer=prefer)
+        return exact_block_scores(q, ((f, flat(k)) for f, k in runs), n_blocks, b, scale, prefer=prefer)
 
     on_device = [(f, k.to(dev)) for f, k in store.key_runs(piece)]
     # Qwen2.5-7B's RoPE (theta 1e6, 128 dims); far keys shown at one position near the end.
@@ -91,14 +94,14 @@ def main(argv=None) -> int:
     floor = args.tokens - 2048
 
     def keys_rotated():
-        runs = ((f, k.transpose(0, 1).reshape(h, -1, d)) for f, k in on_device)
+        runs = ((f, flat(k)) for f, k in on_device)
         return exact_block_scores(q, ((f, rotate(k, torch.full(k.shape[1:2], floor, device=dev), inv))
                                       for f, k in runs), n_blocks, b, scale)
 
     def queries_rotated(prefer="torch", runs=None):
         q_far = rotate(q.float(), torch.tensor(-floor, device=dev), inv)
-        return exact_block_scores(q, ((f, k.transpose(0, 1).reshape(h, -1, d), q_far) for f, k in runs or on_device),
-                                  n_blocks, b, scale, prefer=prefer)
+        return exact_block_scores(q, ((f, flat(k), q_far) for f, k in runs or on_device), n_blocks, b, scale,
+                                  prefer=prefer)
 
     one_run = [(0, torch.cat([k for _, k in on_device]))]  # the whole layer in one launch
 
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
     print(json.dumps(meta))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_exact_read.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        write_text(args.out / "bench_exact_read.json", json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     store.close()
     return 0
 
