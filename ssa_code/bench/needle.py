@@ -478,6 +478,20 @@ def run_dense(model, prompt: Prompt, new_tokens: int, device) -> tuple[list[int]
     return gen[0, ids.shape[1]:].tolist(), {"gpu_bytes": int(kv), "store_bytes": 0, "pinned_overflow": 0}
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def model_dtype(name: str, device) -> torch.dtype:
+    """The torch dtype ``name`` (one of :data:`DTYPES`) stands for on ``device``."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
 def load_models(model_dir: str | Path, device, dtype, methods: Sequence[str]):
     """(model for the SSA methods, model for dense) from one checkpoint (two instances)."""
     from transformers import AutoModelForCausalLM
@@ -533,7 +547,8 @@ def shard_of(cells: Sequence[tuple[int, int, int, int, str]], shards: int) -> li
 def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: Sequence[int],
                   depths: Sequence[float], keys: Sequence[int], methods: Sequence[str],
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
-                  device: str | None = None, rounds: int = 1, shard: tuple[int, int] = (0, 1),
+                  device: str | None = None, dtype: str = "auto", rounds: int = 1,
+                  shard: tuple[int, int] = (0, 1),
                   warmup: bool = True, skip: Collection[tuple] = (), log=print,
                   on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
@@ -545,6 +560,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     prompts do not depend on the split; :func:`merge_runs` joins the outputs).
     ``skip``: cells already measured (:func:`cell_key` tuples, e.g. from ``--resume``) are
     left out of the plan before it is split.
+    ``dtype``: the model's dtype for every method (:func:`model_dtype`; ``auto``: bfloat16 on
+    CUDA, float32 on the CPU).
     ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
     first answers one unrecorded prompt of the shortest length, so that compiling the kernels
     (about 40 s on an H200) counts in no cell's seconds nor in the time estimates that decide
@@ -565,8 +582,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     owner = shard_of(plan, shards)
     mine = [cell for cell, o in zip(plan, owner) if o == index]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    ssa_model, dense_model = load_models(model_dir, dev, dtype, sorted({c[4] for c in mine}))
+    ssa_model, dense_model = load_models(model_dir, dev, model_dtype(dtype, dev),
+                                         sorted({c[4] for c in mine}))
     lines = LineBoundaries(tokenizer)
     t0 = time.time()
     last_rate: dict[str, float] = {}
@@ -711,7 +728,8 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
     lines = [
         "# Needle in a haystack of packed code",
         "",
-        f"Model: `{meta['model']}`; device: {meta['device']}; seed {meta['seed']}; "
+        f"Model: `{meta['model']}` in {meta.get('dtype', 'bfloat16 on CUDA, float32 on CPU')}; "
+        f"device: {meta['device']}; seed {meta['seed']}; "
         f"{len({c.depth for c in cells})} depths; budget {meta['budget']} slots per layer and KV head; "
         f"chunk {meta['chunk_size']}.",
         f"Haystack: {', '.join(r['repo'] + ' (' + str(r['tokens']) + ' tokens)' for r in meta['haystack']['repos'])}; "
@@ -816,7 +834,7 @@ def benchmark_differs(a: dict, b: dict) -> list[str]:
 
     Runs may cover different lengths and methods; a method both ran must have the same config.
     """
-    diff = [k for k in ("model", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
+    diff = [k for k in ("model", "dtype", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
     ca, cb = a.get("configs") or {}, b.get("configs") or {}
     if any(ca[m] != cb[m] for m in ca.keys() & cb.keys()):
         diff.append("configs")
@@ -914,6 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dense-max", type=int, default=131072, help="longest context run with dense attention")
     ap.add_argument("--max-minutes", type=float, default=8.0, help="time budget for all cells")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="the model's dtype for every method (auto: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved passes over the depths (each covers all lengths)")
     ap.add_argument("--seed", type=int, default=0)
@@ -1001,6 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "model": str(model_dir), "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
+        "dtype": str(model_dtype(args.dtype, dev)).removeprefix("torch."),
         "seed": args.seed, "budget": args.budget, "chunk_size": args.chunk_size,
         "dense_max": args.dense_max, "haystack": hay.meta, "rounds": args.rounds,
         "warmup": not args.no_warmup,
@@ -1029,7 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cells = run_benchmark(hay, tokenizer, model_dir, lengths=lengths, depths=depths, keys=keys,
                               methods=methods, configs=configs, dense_max=args.dense_max,
-                              max_seconds=args.max_minutes * 60, seed=args.seed, device=args.device,
+                              max_seconds=args.max_minutes * 60, seed=args.seed, device=dev,
+                              dtype=args.dtype,
                               rounds=args.rounds, shard=shard, warmup=not args.no_warmup, skip=skip,
                               log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)

@@ -92,7 +92,9 @@ def test_merge_fills_unrun_cells_and_refuses_a_cell_measured_twice(tmp_path, cap
     # Measured in both: refused. Same method with another config: another benchmark.
     _write_run(tmp_path / "again", [_cell(0.0, False)])
     _write_run(tmp_path / "other", [_cell(1.0, True)], configs={"streaming": {"budget": 1024}})
-    for second, words in (("again", "also in another shard"), ("other", "differs in configs")):
+    _write_run(tmp_path / "half", [_cell(1.0, True)], dtype="bfloat16")
+    for second, words in (("again", "also in another shard"), ("other", "differs in configs"),
+                          ("half", "differs in dtype")):
         assert main(["--merge", str(tmp_path / "first"), str(tmp_path / second), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and len(err.splitlines()) == 1
@@ -116,3 +118,16 @@ def test_resume_runs_only_the_cells_left_unrun(tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "differs in seed" in err and len(err.splitlines()) == 1
+
+
+def test_model_dtype_names():
+    import torch
+
+    from ssa_code.bench.needle import model_dtype
+
+    assert model_dtype("auto", "cpu") == torch.float32
+    assert model_dtype("auto", "cuda") == torch.bfloat16
+    assert model_dtype("float32", "cuda") == torch.float32
+    assert model_dtype("float16", "cpu") == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        model_dtype("int8", "cpu")
