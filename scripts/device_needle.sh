@@ -8,9 +8,13 @@
 # Writes to $OUT: needle.json and needle.md (merged), and extras.tgz (the heatmaps, every
 # shard's needle.json and log, gpu.txt): the device returns at most 8 files. Seconds per cell
 # are with PROCS processes sharing the GPUs and CPU cores, not single-process timings.
+# A shard starts no cell it expects to end after MINUTES, but a cell already running can take
+# longer: each shard is stopped after MINUTES plus GRACE seconds (default 60), and the report
+# joins what the shards had written by then (each writes after every pass over the depths).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-PROCS=${PROCS:-16}; MINUTES=${MINUTES:-7.5}
+PROCS=${PROCS:-16}; MINUTES=${MINUTES:-7.5}; GRACE=${GRACE:-60}
+HARD=$(python3 -c "print(int($MINUTES * 60 + $GRACE))")
 TOKENS=${TOKENS:-bench_data/haystack_stdlib.npz}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ -z "${SKIP_INSTALL:-}" ]; then
@@ -23,15 +27,22 @@ WORK=$(mktemp -d /tmp/needle_XXXX)
   echo "procs $PROCS on GPUs ${GPUS[*]}, $MINUTES minutes each; rev $(cat REV 2>/dev/null); args $*"; } \
     | tee "$WORK/gpu.txt"
 for ((i = 0; i < PROCS; i++)); do
-    CUDA_VISIBLE_DEVICES=${GPUS[$((i % ${#GPUS[@]}))]} python3 -m ssa_code.bench.needle --tokens "$TOKENS" \
+    CUDA_VISIBLE_DEVICES=${GPUS[$((i % ${#GPUS[@]}))]} timeout -k 10 "$HARD" \
+        python3 -m ssa_code.bench.needle --tokens "$TOKENS" \
         --out "$WORK/s$i" --max-minutes "$MINUTES" --shard "$i/$PROCS" "$@" >"$WORK/s$i.log" 2>&1 &
 done
 wait
+DONE=()
 for ((i = 0; i < PROCS; i++)); do
-    [ -f "$WORK/s$i/needle.json" ] || { echo "shard $i wrote no needle.json:"; tail -n 5 "$WORK/s$i.log"; }
+    if [ -f "$WORK/s$i/needle.json" ]; then DONE+=("$WORK/s$i"); else
+        echo "shard $i wrote no needle.json:"; tail -n 5 "$WORK/s$i.log"; fi
 done
-python3 -m ssa_code.bench.needle --merge "$WORK"/s*/ --out "$WORK/merged" >"$WORK/merge.log" 2>&1
-rc=$?
+if [ ${#DONE[@]} -eq 0 ]; then
+    echo "no shard wrote a report" >"$WORK/merge.log"; rc=1
+else
+    python3 -m ssa_code.bench.needle --merge "${DONE[@]}" --out "$WORK/merged" >"$WORK/merge.log" 2>&1
+    rc=$?
+fi
 cp "$WORK/merged/needle.json" "$WORK/merged/needle.md" "$OUT/" 2>/dev/null
 tar czf "$OUT/extras.tgz" -C "$WORK" --exclude='merged/needle.json' .
 head -n 40 "$WORK/merge.log"
