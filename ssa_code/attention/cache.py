@@ -82,10 +82,6 @@ class SSACache(Cache):
         # their staged blocks by exact attention over the whole store instead of the index's
         # bounds, and the answer keeps that choice (SSALayer._exact_select, scoring.py).
         self.select_exact = False
-        # SSAConfig.question_share: (share, block id) offered by the layers that already chose for
-        # the question chunk starting at position question_offers_at (SSALayer._share_across_layers).
-        self.question_offers: list[tuple[float, int]] = []
-        self.question_offers_at = -1
         self._source_mass: torch.Tensor | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         # The static decode step (see SSALayer.static_step_ok): while static_mode is on, every

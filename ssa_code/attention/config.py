@@ -44,13 +44,6 @@ class SSAConfig:
             the store's keys per layer and question) instead of the index's bounds, and the
             answer keeps them (``SSACache.select_exact``). On the tiny model the bounds rank a
             needle's block about at chance; exact attention ranks it near the top.
-        question_share: in that exact choice, each layer also stages this many blocks that the
-            layers before it were surest of: every (layer, KV head) offers its best block with
-            that block's share of the head's softmax over blocks, and the most certain offers
-            are staged first in every head of the later layers (with their successors), ahead
-            of the layer's own ranking. A block that a few heads find with certainty then
-            reaches every later layer. 0 (default) keeps each layer's choice its own; at most
-            ``top_k // 2``.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -93,7 +86,6 @@ class SSAConfig:
     top_k: int = 32
     threshold: float = 0.0
     exact_question: bool = True
-    question_share: int = 0
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -107,7 +99,7 @@ class SSAConfig:
     kernels: KernelChoice = "auto"
 
     def __post_init__(self) -> None:
-        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k", "score_queries", "question_share")
+        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k", "score_queries")
         positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
                     "rebase_every", "chunk_size", "decode_refresh", "decode_evict")
         for name in nonneg:
@@ -127,9 +119,6 @@ class SSAConfig:
             raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
         if not isinstance(self.exact_question, bool):
             raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
-        if self.question_share > self.top_k // 2:
-            raise ValueError(f"SSAConfig.question_share must be at most top_k // 2 ({self.top_k // 2}), "
-                             f"got {self.question_share!r}")
         if self.far_distance is not None and (
             not isinstance(self.far_distance, int) or self.far_distance <= 0
         ):

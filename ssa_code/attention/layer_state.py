@@ -42,13 +42,7 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import (
-    confident_blocks,
-    exact_block_scores,
-    pick_with_successors,
-    raise_blocks,
-    top_entries,
-)
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
 from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store, to_device_runs
 
@@ -584,8 +578,7 @@ class SSALayer(CacheLayerMixin):
         """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
         queries (of ``q [Hq, M, D]``) over every stored block (:meth:`_exact_scores`,
         :func:`pick_with_successors`). Blocks whose every token the pinned or heavy tier
-        already holds are not chosen. With ``question_share``, the earlier layers' surest blocks
-        come first (:meth:`_share_across_layers`).
+        already holds are not chosen.
         """
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
         scores = self._exact_scores(q[:, -cfg.observe:], scale)
@@ -596,21 +589,7 @@ class SSALayer(CacheLayerMixin):
             blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
-        if cfg.question_share:
-            scores = self._share_across_layers(scores)
         return pick_with_successors(scores, cfg.top_k)
-
-    def _share_across_layers(self, scores: torch.Tensor) -> torch.Tensor:
-        """``SSAConfig.question_share``: offer this layer's best block per KV head to the layers
-        after it (``SSACache.question_offers``), and rank the ``question_share`` surest offers
-        of the layers before it above this layer's own choice."""
-        cache = self.cache
-        if cache.question_offers_at != self.seen:
-            # The first layer of a new question chunk: every layer of a chunk starts at one position.
-            cache.question_offers_at, cache.question_offers = self.seen, []
-        earlier = [block for _, block in sorted(cache.question_offers, reverse=True)]
-        cache.question_offers.extend(confident_blocks(scores))
-        return raise_blocks(scores, list(dict.fromkeys(earlier))[: self.cfg.question_share])
 
     def _exact_scores(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """``[H, N]`` exact block scores of queries ``q [Hq, M, D]`` over every stored block, as

@@ -27,7 +27,7 @@ Experimental: measured on the tiny model only.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -182,29 +182,4 @@ def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
                 pairs.append(block + 1)
         row = list(dict.fromkeys(pairs + order.tolist()))[:top_k]
         out[head, : len(row)] = row
-    return out
-
-
-def confident_blocks(scores: torch.Tensor) -> list[tuple[float, int]]:
-    """Each head's best block of ``[H, N]`` scores with its share of the head's softmax over the
-    blocks: ``(share, block id)`` for every head with a finite best score (on the host)."""
-    if scores.shape[1] == 0:
-        return []
-    best, idx = scores.float().max(dim=1)
-    share = (best - torch.logsumexp(scores.float(), dim=1)).exp()
-    return [(s, i) for s, i, ok in zip(share.tolist(), idx.tolist(), torch.isfinite(best).tolist()) if ok]
-
-
-def raise_blocks(scores: torch.Tensor, blocks: Sequence[int]) -> torch.Tensor:
-    """``scores [H, N]`` with ``blocks`` ranked above every other block, in the given order, in
-    each head where their score is finite (a block not worth staging there stays ``-inf``)."""
-    finite = torch.isfinite(scores)
-    if not blocks or not bool(finite.any()):
-        return scores
-    ids = torch.tensor(list(blocks), dtype=torch.long, device=scores.device)
-    top = scores.masked_fill(~finite, float("-inf")).max()
-    raised = top + torch.arange(len(blocks), 0, -1, device=scores.device, dtype=scores.dtype)
-    out = scores.clone()
-    cur = out[:, ids]
-    out[:, ids] = torch.where(torch.isfinite(cur), raised[None, :], cur)
     return out

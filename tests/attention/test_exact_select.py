@@ -9,7 +9,7 @@ import torch
 from ssa_code import SSACache, patch
 from ssa_code.attention.positions import rotate
 from ssa_code.attention.store import HostStore
-from ssa_code.attention.scoring import confident_blocks, exact_block_scores, pick_with_successors, raise_blocks
+from ssa_code.attention.scoring import exact_block_scores, pick_with_successors
 from ssa_code.engine.decode import Decoder
 from ssa_code.engine.prefill import prefill
 
@@ -215,53 +215,3 @@ def test_select_exact_without_retrieval_changes_nothing():
     prefill(model, cache, torch.randint(0, 300, (1, 20)), chunk_size=cfg.chunk_size)
     assert not any(layer.exact_staged for layer in cache.layers)
     np.testing.assert_array_equal(cache.layers[0].staged_ids.numpy(), np.zeros((2, 0), dtype=np.int64))
-
-
-def test_confident_blocks_and_raise_blocks():
-    inf = float("-inf")
-    scores = torch.tensor([[0.0, 5.0, 1.0, inf], [inf] * 4, [2.0, 2.0, 2.0, 9.0]])
-    offers = confident_blocks(scores)
-    # One offer per head with a finite score: its best block and that block's softmax share.
-    assert [b for _, b in offers] == [1, 3]
-    assert offers[0][0] == pytest.approx(torch.softmax(scores[0], 0)[1].item())
-    raised = raise_blocks(scores, [3, 0])
-    # Block 3 first, then block 0, above everything else, where they were finite.
-    assert pick_with_successors(raised[2:], 2).tolist() == [[3, 0]]
-    assert raised[0, 3] == inf and raised[0, 0] > scores[0].max()
-    assert torch.isinf(raised[1]).all()
-    assert torch.equal(raise_blocks(scores, []), scores)
-    with pytest.raises(ValueError, match="question_share must be at most top_k // 2"):
-        CFG.replace(question_share=CFG.top_k // 2 + 1)
-
-
-@pytest.mark.parametrize("share", [0, 1])
-def test_question_share_hands_a_sure_block_to_later_layers(share):
-    """A block layer 0 is sure of is staged first by layer 1 with question_share, not without."""
-    model = tiny_model("llama")
-    cfg = CFG.replace(question_share=share)
-    cache = filled_cache(model, cfg)
-    first, second = cache.layers[0], cache.layers[1]
-    h, d, b = first.heads, first.dim, cfg.block_size
-    hq = model.config.num_attention_heads
-    gen = torch.Generator().manual_seed(7)
-    u = torch.randn(d, generator=gen)
-    u = 12 * u / u.norm()
-    planted = 9
-    k_raw, v = first.store.state()["k"].clone(), first.store.state()["v"].clone()
-    pos = cfg.sinks + planted * b + torch.arange(b)
-    k_raw[0, planted] = rotate(u.expand(b, d), -first._eff(pos), cache.inv_freq_on(first.device))
-    first.store = HostStore(h, b, d, first.dtype)
-    first.store.append(k_raw, v)
-    q = u.expand(hq, 2, d)
-    scale = d ** -0.5
-    assert first._exact_select(q, scale)[0, 0] == planted
-    q_other = torch.randn(hq, 2, d, generator=gen)
-    own = pick_with_successors(second._exact_scores(q_other, scale), cfg.top_k)
-    got = second._exact_select(q_other, scale)
-    if share:
-        assert (got[:, :2] == [planted, planted + 1]).all(), got
-    else:
-        np.testing.assert_array_equal(got, own)
-    # A new question chunk (another position) starts without offers.
-    second.seen += 1
-    np.testing.assert_array_equal(second._exact_select(q_other, scale), own)
