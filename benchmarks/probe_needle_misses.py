@@ -1,0 +1,133 @@
+"""Are the 1M-token needle misses about the values or the model's rounding? Two CPU checks.
+
+1. ``values``: each value (the misses' and, as controls, the hits') planted as
+   ``SECRET_TOKEN = "<value>"`` in short prompts of the same haystack (within the model's trained
+   range) at several depths, answered greedily by plain dense attention in float32. A value the
+   model cannot copy even here is a model limit, not a long-context one.
+2. ``dtypes``: one stretch of the haystack through the model in float32, float16 and bfloat16:
+   how often the next-token argmax agrees with float32's, the largest logit error, and the
+   largest activation in float32 (float16's range ends at 65504).
+
+Usage (repository root; the haystack file as in BENCHMARKS.md)::
+
+    .venv/bin/python benchmarks/probe_needle_misses.py --misses fxr94rdz,jti0f02i,jzrjv9om \\
+        --controls t7itek5l,vuvnyan7,n59yn019,h5bo56pn,pr4gp0sr,2as2ujab,vii6ckxb,qsw7mnte --out OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def check_values(model, tokenizer, hay, values: list[str], depths: list[float], lengths: list[int]) -> dict:
+    """Right answers per value over ``depths x lengths`` prompts (dense, greedy)."""
+    from ssa_code.bench.needle import build_prompt, encode
+    from ssa_code.bench.synthetic import LineBoundaries, Needle
+
+    lines = LineBoundaries(tokenizer)
+    out = {}
+    for value in values:
+        right = 0
+        for depth in depths:
+            for length in lengths:
+                rng = random.Random(f"probe:{value}:{depth}:{length}")
+                p = build_prompt(hay, lines, tokenizer, length, depth, [Needle("SECRET_TOKEN", value, "str")], 0, rng)
+                ids = torch.from_numpy(p.ids)[None]
+                with torch.no_grad():
+                    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=len(encode(tokenizer, value)) + 1)
+                right += tokenizer.decode(gen[0, ids.shape[1]:]).startswith(value)
+        out[value] = {"right": right, "prompts": len(depths) * len(lengths)}
+        print(f"{value}: {right} of {len(depths) * len(lengths)}", flush=True)
+    return out
+
+
+def check_dtypes(model_dir: Path, hay, start: int, length: int) -> dict:
+    """Argmax agreement and logit error of float16 and bfloat16 against float32 on one stretch."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.from_numpy(hay.token_ids[start:start + length].copy()).long()[None]
+    peak = 0.0
+
+    def hook(_module, _inputs, output):
+        nonlocal peak
+        t = output[0] if isinstance(output, tuple) else output
+        if torch.is_tensor(t):
+            peak = max(peak, float(t.abs().max()))
+
+    logits = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        m = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+        if dtype == torch.float32:
+            for layer in m.model.layers:
+                layer.register_forward_hook(hook)
+                layer.mlp.register_forward_hook(hook)
+        with torch.no_grad():
+            logits[dtype] = m(ids).logits.float()[0]
+    ref = logits[torch.float32]
+    out = {"tokens": length, "start": start, "float32_peak_activation": peak}
+    for dtype in (torch.float16, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        out[name] = {"argmax_agrees": float((logits[dtype].argmax(-1) == ref.argmax(-1)).float().mean()),
+                     "max_logit_error": float((logits[dtype] - ref).abs().max()),
+                     "finite": bool(torch.isfinite(logits[dtype]).all())}
+        print(f"{name}: {out[name]}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ssa_code.models import TINY_MODEL_DIR
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--misses", default="", help="comma-separated values the long run missed")
+    ap.add_argument("--controls", default="", help="comma-separated values the long run answered")
+    ap.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
+    ap.add_argument("--lengths", default="2048,3584", help="prompt tokens (within the trained range)")
+    ap.add_argument("--dtype-tokens", type=int, default=4096, help="haystack stretch for the dtype check (0: skip)")
+    ap.add_argument("--dtype-start", type=int, default=50000)
+    ap.add_argument("--tokens", type=Path, default=Path("bench_data/haystack_stdlib.npz"))
+    ap.add_argument("--model", type=Path, default=TINY_MODEL_DIR)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ssa_code.atomic import write_text
+    from ssa_code.bench.needle import Haystack
+
+    if not args.tokens.is_file():
+        print(f"error: no haystack at {args.tokens} (see BENCHMARKS.md, needle)", file=sys.stderr)
+        return 2
+    try:
+        depths = [float(d) for d in args.depths.split(",") if d]
+        lengths = [int(n) for n in args.lengths.split(",") if n]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    hay = Haystack.load(args.tokens)
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32, local_files_only=True)
+    t0 = time.time()
+    report = {"model": str(args.model), "depths": depths, "lengths": lengths, "torch": torch.__version__}
+    for kind in ("misses", "controls"):
+        values = [v for v in getattr(args, kind).split(",") if v]
+        report[kind] = check_values(model, tokenizer, hay, values, depths, lengths)
+    if args.dtype_tokens:
+        report["dtypes"] = check_dtypes(args.model, hay, args.dtype_start, args.dtype_tokens)
+    report["seconds"] = round(time.time() - t0, 1)
+    if args.out:
+        write_text(args.out, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
