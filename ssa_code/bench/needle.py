@@ -728,7 +728,7 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
     lines = [
         "# Needle in a haystack of packed code",
         "",
-        f"Model: `{meta['model']}` in {meta.get('dtype', 'bfloat16 on CUDA, float32 on CPU')}; "
+        f"Model: `{meta['model']}` in {_run_dtype(meta)}; "
         f"device: {meta['device']}; seed {meta['seed']}; "
         f"{len({c.depth for c in cells})} depths; budget {meta['budget']} slots per layer and KV head; "
         f"chunk {meta['chunk_size']}.",
@@ -829,12 +829,19 @@ def read_run(folder: Path) -> tuple[list[Cell], dict]:
         raise ValueError(f"{path}: not a needle.json ({e})") from None
 
 
+def _run_dtype(meta: dict) -> str:
+    """The model dtype of a run; reports written before ``--dtype`` used ``auto``'s."""
+    return meta.get("dtype") or ("float32" if meta.get("device") == "cpu" else "bfloat16")
+
+
 def benchmark_differs(a: dict, b: dict) -> list[str]:
     """The meta fields in which two runs are not the same benchmark (empty: they are).
 
     Runs may cover different lengths and methods; a method both ran must have the same config.
     """
-    diff = [k for k in ("model", "dtype", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
+    diff = [k for k in ("model", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
+    if _run_dtype(a) != _run_dtype(b):
+        diff.append("dtype")
     ca, cb = a.get("configs") or {}, b.get("configs") or {}
     if any(ca[m] != cb[m] for m in ca.keys() & cb.keys()):
         diff.append("configs")
