@@ -70,6 +70,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ssa_code.atomic import write_text  # noqa: E402
+from ssa_code.fields import parse_fields  # noqa: E402
 from ssa_code.bench.synthetic import LineBoundaries, random_needles  # noqa: E402
 
 TOKENIZER_DIR = REPO / "ssa_code" / "models" / "tiny"
@@ -905,18 +906,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, v)
     if args.data_root:
         cfg.data_root = args.data_root
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in TrainConfig.__dataclass_fields__ or name == "extra":
-            raise SystemExit(f"--set: unknown field {name!r}")
-        current = getattr(cfg, name)
-        if isinstance(current, bool):
-            setattr(cfg, name, value.lower() in ("1", "true", "yes"))
-        elif isinstance(current, tuple):
-            setattr(cfg, name, tuple(int(v) for v in value.split(",")))
-        else:
-            setattr(cfg, name, type(current)(value))
-    cfg.__post_init__()
+    try:
+        for name, value in parse_fields(cfg, args.set, "--set", exclude=("extra",)).items():
+            setattr(cfg, name, value)
+        cfg.__post_init__()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.compile:
         cfg.compile = True
 

@@ -57,6 +57,7 @@ import numpy as np
 
 from ssa_code.atomic import replacing, write_text
 from ssa_code.bench.synthetic import LineBoundaries, Needle, encode, random_value
+from ssa_code.fields import parse_fields
 
 METHODS = ("dense", "streaming", "h2o", "infllm", "ssa")
 HAYSTACK_FORMAT = 1
@@ -128,39 +129,6 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
         window=win, **common)
     for name, cfg in out.items():
         assert cfg.capacity <= budget + ring_extra, (name, cfg.capacity, budget)
-    return out
-
-
-def parse_fields(cfg, items: Sequence[str]) -> dict[str, Any]:
-    """``["summaries=0", "exact_question=false"]`` -> typed changes to the dataclass ``cfg``.
-
-    Each value takes the type of the field's current value (``none`` for optional fields);
-    raises ValueError for an unknown field or a value of the wrong type.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip()
-        if not sep or name not in cfg.__dataclass_fields__:
-            raise ValueError(f"--ssa-set wants FIELD=VALUE with an SSAConfig field, got {item!r}")
-        current = getattr(cfg, name)
-        raw = raw.strip()
-        try:
-            if raw.lower() == "none":
-                value = None
-            elif isinstance(current, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = raw.lower() in ("true", "1")
-            elif isinstance(current, (int, float)):
-                value = type(current)(raw)
-            elif current is None:
-                value = int(raw)
-            else:
-                value = raw
-        except ValueError:
-            raise ValueError(f"--ssa-set {name}: {raw!r} is not a valid {type(current).__name__}") from None
-        out[name] = value
     return out
 
 
@@ -1015,7 +983,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  sinks=args.sinks, max_position=mcfg.max_position_embeddings,
                                  store=args.store, exact_question=not args.bound_question)
         if args.ssa_set:
-            configs["ssa"] = configs["ssa"].replace(**parse_fields(configs["ssa"], args.ssa_set))
+            configs["ssa"] = configs["ssa"].replace(**parse_fields(configs["ssa"], args.ssa_set, "--ssa-set"))
             if configs["ssa"].capacity > args.budget + args.block_size:
                 raise ValueError(f"--ssa-set gives ssa {configs['ssa'].capacity} slots, above "
                                  f"--budget {args.budget} (and one spare block)")

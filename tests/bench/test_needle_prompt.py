@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ssa_code.bench.needle import (
-    Haystack, build_prompt, main, make_needles, method_configs, pack_haystack, parse_fields,
+    Haystack, build_prompt, main, make_needles, method_configs, pack_haystack,
     parse_lengths,
 )
 from ssa_code.bench.synthetic import LineBoundaries, encode
@@ -90,19 +90,6 @@ def test_method_configs_share_the_budget():
     assert all(getattr(cfgs["ssa"], t) > 0 for t in ("pinned", "heavy", "summaries", "top_k"))
     with pytest.raises(ValueError):
         method_configs(100, block_size=64, sinks=64)
-
-
-def test_parse_fields_types_each_value_like_its_field():
-    ssa = method_configs(4096, chunk_size=1024)["ssa"]
-    got = parse_fields(ssa, ["summaries=0", "exact_question=false", "far_distance=3000",
-                             "threshold=0.5", "store=disk"])
-    assert got == {"summaries": 0, "exact_question": False, "far_distance": 3000, "threshold": 0.5,
-                   "store": "disk"}
-    assert type(got["threshold"]) is float and type(got["summaries"]) is int
-    assert parse_fields(ssa.replace(far_distance=10), ["far_distance=none"]) == {"far_distance": None}
-    for bad in (["nope=1"], ["summaries"], ["summaries=many"], ["exact_question=maybe"]):
-        with pytest.raises(ValueError, match="--ssa-set"):
-            parse_fields(ssa, bad)
 
 
 def test_ssa_set_errors_are_one_line(hay, tmp_path, capsys):
