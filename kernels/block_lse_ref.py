@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+from .checks import check_3d, check_dtype, check_head_dim, check_like_q, check_scale
 
 
 def check_block_lse_args(q, k, block_size, scale, *, triton: bool = False) -> None:
     """ValueError naming the bad argument, for the public block_lse functions (``triton``: also
     the head_dim and block sizes the kernel's tiles support)."""
-    if q.dim() != 3:
-        raise ValueError(f"q has shape {tuple(q.shape)}, expected [H, R, D]")
-    if k.dim() != 3:
-        raise ValueError(f"k has shape {tuple(k.shape)}, expected [H, n * B, D]")
+    check_3d("q", q, "[H, R, D]")
+    check_3d("k", k, "[H, n * B, D]")
     h, r, d = q.shape
     hk, t, dk = k.shape
     if hk != h or dk != d:

@@ -7,6 +7,12 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
+def check_3d(name: str, x, layout: str) -> None:
+    """``x`` has three dims (``layout`` names them in the message, e.g. ``[H, R, D]``)."""
+    if x.dim() != 3:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {layout}")
+
+
 def check_dtype(q) -> None:
     """The query dtype every kernel takes."""
     if q.dtype not in DTYPES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+from .checks import check_3d, check_dtype, check_head_dim, check_like_q, check_scale
 
 # Budget for one sub-chunk's logits [Hkv, G * chunk, N], in elements (~0.5 GiB in float32).
 _LOGIT_ELEMS = 1 << 27
@@ -16,10 +16,8 @@ _LOGIT_ELEMS = 1 << 27
 
 def check_score_blocks_args(q, reps, n_valid, scale) -> None:
     """ValueError naming the bad argument, for the public score_blocks functions."""
-    if q.dim() != 3:
-        raise ValueError(f"q has shape {tuple(q.shape)}, expected [Hq, M, D]")
-    if reps.dim() != 3:
-        raise ValueError(f"reps has shape {tuple(reps.shape)}, expected [Hkv, N, D]")
+    check_3d("q", q, "[Hq, M, D]")
+    check_3d("reps", reps, "[Hkv, N, D]")
     hq, m, d = q.shape
     hkv, n, dr = reps.shape
     if dr != d:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_dtype, check_head_dim, check_like_q, check_scale
+from .checks import check_3d, check_dtype, check_head_dim, check_like_q, check_scale
 
 # Budget for one chunk's logits tensor [Hq, chunk, T + M], in elements (~0.5 GiB in float32).
 _LOGIT_ELEMS = 1 << 27
@@ -40,11 +40,9 @@ def check_ranges(ranges, cap: int) -> None:
 
 def check_tier_attention_args(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale) -> None:
     """ValueError naming the bad argument, for the public tier_attention functions."""
-    if q.dim() != 3:
-        raise ValueError(f"q has shape {tuple(q.shape)}, expected [Hq, M, D]")
+    check_3d("q", q, "[Hq, M, D]")
     hq, m, d = q.shape
-    if k_buf.dim() != 3:
-        raise ValueError(f"k_buf has shape {tuple(k_buf.shape)}, expected [Hkv, CAP, D]")
+    check_3d("k_buf", k_buf, "[Hkv, CAP, D]")
     hkv, cap, _ = k_buf.shape
     check_dtype(q)
     check_head_dim(d)
