@@ -133,7 +133,7 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
     def group(x: torch.Tensor, h: int, dtype: torch.dtype) -> torch.Tensor:
         key = (id(x), dtype)
         if key not in grouped:
-            grouped[key] = x.reshape(h, hq // h * m, d).float().to(dtype)
+            grouped[key] = x.reshape(h, hq // h * m, d).to(dtype)
         return grouped[key]
 
     for run in key_runs:
