@@ -517,8 +517,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   configs: dict[str, Any], dense_max: int, max_seconds: float, seed: int,
                   device: str | None = None, dtype: str = "auto", rounds: int = 1,
                   shard: tuple[int, int] = (0, 1),
-                  warmup: bool = True, skip: Collection[tuple] = (), log=print,
-                  on_progress=None) -> list[Cell]:
+                  warmup: bool = True, skip: Collection[tuple] = (),
+                  only: Collection[tuple] | None = None, log=print, on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
@@ -527,7 +527,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     ``shard (i, n)``: run only the cells :func:`shard_of` gives process ``i`` of ``n`` (the
     prompts do not depend on the split; :func:`merge_runs` joins the outputs).
     ``skip``: cells already measured (:func:`cell_key` tuples, e.g. from ``--resume``) are
-    left out of the plan before it is split.
+    left out of the plan before it is split; with ``only`` (e.g. from ``--retry``), every cell
+    not in it is.
     ``dtype``: the model's dtype for every method (:func:`model_dtype`; ``auto``: bfloat16 on
     CUDA, float32 on the CPU).
     ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
@@ -545,8 +546,11 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     index, shards = shard
     if not 0 <= index < shards:
         raise ValueError(f"shard {index} of {shards} does not exist")
-    plan = [c for c in plan_cells(lengths, depths, keys, methods, rounds)
-            if (c[4], c[2], c[1], float(depths[c[3]])) not in skip]
+    def wanted(c: tuple) -> bool:
+        key = (c[4], c[2], c[1], float(depths[c[3]]))  # cell_key's order
+        return key not in skip and (only is None or key in only)
+
+    plan = [c for c in plan_cells(lengths, depths, keys, methods, rounds) if wanted(c)]
     owner = shard_of(plan, shards)
     mine = [cell for cell, o in zip(plan, owner) if o == index]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -918,6 +922,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--resume", type=Path, metavar="DIR",
                     help="skip the cells that DIR's needle.json (an earlier run of the same "
                          "benchmark, or its merged report) measured; join them with --merge")
+    ap.add_argument("--retry", type=Path, metavar="DIR",
+                    help="run only the cells that DIR's needle.json answered wrong (of the lengths, "
+                         "keys and methods asked), e.g. with --ssa-set to see whether a change wins "
+                         "them back; DIR must be the same benchmark but for the configs")
     ap.add_argument("--ssa-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change one SSAConfig field of the ssa method only, for ablations "
                          "(e.g. summaries=0; repeatable; recorded in needle.json's configs)")
@@ -1015,6 +1023,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"--resume {args.resume}: another benchmark (differs in {', '.join(diff)})")
         skip = {cell_key(c) for c in prev if c.correct is not None}
         print(f"--resume: {len(skip)} cells already measured in {args.resume}", file=sys.stderr)
+    only: set[tuple] | None = None
+    if args.retry:
+        try:
+            prev, prev_meta = read_run(args.retry)
+        except ValueError as e:
+            return fail(str(e))
+        diff = [d for d in benchmark_differs(prev_meta, meta) if d != "configs"]
+        if diff:
+            return fail(f"--retry {args.retry}: another benchmark (differs in {', '.join(diff)})")
+        only = {cell_key(c) for c in prev if c.correct is False}
+        meta["retry"] = str(args.retry)
+        print(f"--retry: {len(only)} cells answered wrong in {args.retry}", file=sys.stderr)
     t0 = time.time()
 
     def write(cells: Sequence[Cell]) -> list[Path]:
@@ -1028,7 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=dev,
                               dtype=args.dtype,
                               rounds=args.rounds, shard=shard, warmup=not args.no_warmup, skip=skip,
-                              log=lambda s: print(s, file=sys.stderr, flush=True),
+                              only=only, log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)
     except ValueError as e:
         return fail(str(e))

@@ -124,6 +124,30 @@ def test_resume_runs_only_the_cells_left_unrun(tmp_path, monkeypatch, capsys):
     assert err.startswith("error:") and "differs in seed" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_retry_runs_only_the_cells_answered_wrong(tmp_path, monkeypatch, capsys):
+    args = [*_small_benchmark(tmp_path, monkeypatch), "--depths", "3", "--lengths", "512"]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    path = tmp_path / "first" / "needle.json"
+    data = json.loads(path.read_text())
+    assert len(data["cells"]) == 3
+    # Whatever the model answered, mark the middle depth wrong and the others right.
+    for c in data["cells"]:
+        c["correct"] = c["depth"] != 0.5
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([*args, "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "again")]) == 0
+    assert "--retry: 1 cells answered wrong" in capsys.readouterr().err
+    again = json.loads((tmp_path / "again" / "needle.json").read_text())
+    assert [(c["length"], c["depth"]) for c in again["cells"]] == [(512, 0.5)]
+    assert again["meta"]["retry"] == str(tmp_path / "first")
+    # Another seed is another benchmark: refused in one line.
+    assert main([*args, "--seed", "3", "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--retry" in err and "differs in seed" in err and len(err.splitlines()) == 1
+
+
 def test_model_dtype_names():
     import torch
 
