@@ -80,7 +80,8 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     - h2o: sinks + heavy hitters (1/4) + window;
     - infllm: sinks + retrieval (1/2: ``top_k`` blocks) + window;
     - ssa: the same sinks and window as infllm; pinned (1/32), heavy (1/64) and summaries (1/64)
-      are paid for by retrieval, which keeps the rest of InfLLM's half.
+      are paid for by retrieval, which stages at most a quarter of the budget (16 blocks at
+      4096 slots); the rest of the budget stays unused.
 
     infllm and ssa share the retrieval mechanism: the index's bounds for the haystack's chunks
     and, with ``exact_question``, exact attention over the store for the cue (``SSAConfig.
@@ -124,6 +125,10 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     top_k = (budget - sinks - pinned - heavy - summ - win - ring_extra) // block_size
     if top_k < 1:
         raise ValueError(f"budget {budget} leaves SSA no retrieval beside InfLLM's window {win}")
+    # Fewer, surer blocks: at 1M tokens the 28 blocks that fit crowded the needle out of the
+    # answer's attention (the question's exact choice stages the store's strongest lookalikes
+    # beside it); 16 answered the three one-key misses that 28 lost on an H200 (BENCHMARKS.md).
+    top_k = min(top_k, max(1, budget // 4 // block_size))
     out["ssa"] = SSAConfig.from_name(
         "default", pinned=pinned, heavy=heavy, summaries=summ, top_k=top_k, store=store,
         window=win, **common)

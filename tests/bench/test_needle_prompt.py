@@ -88,6 +88,8 @@ def test_method_configs_share_the_budget():
     assert cfgs["h2o"].heavy > 0 and cfgs["h2o"].top_k == 0
     assert cfgs["infllm"].top_k > 0 and cfgs["infllm"].heavy == 0 and cfgs["infllm"].summaries == 0
     assert all(getattr(cfgs["ssa"], t) > 0 for t in ("pinned", "heavy", "summaries", "top_k"))
+    # SSA stages at most a quarter of the budget as retrieved blocks; retrieval only, half.
+    assert cfgs["ssa"].top_k * 64 == 4096 // 4 and cfgs["infllm"].top_k * 64 == 4096 // 2
     with pytest.raises(ValueError):
         method_configs(100, block_size=64, sinks=64)
 
