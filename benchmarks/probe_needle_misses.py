@@ -1,4 +1,4 @@
-"""Are the 1M-token needle misses about the values or the model's rounding? Two CPU checks.
+"""Are the 1M-token needle misses about the values, the model's rounding or the spot? CPU checks.
 
 1. ``values``: each value (the misses' and, as controls, the hits') planted as
    ``SECRET_TOKEN = "<value>"`` in short prompts of the same haystack (within the model's trained
@@ -7,11 +7,18 @@
 2. ``dtypes``: one stretch of the haystack through the model in float32, float16 and bfloat16:
    how often the next-token argmax agrees with float32's, the largest logit error, and the
    largest activation in float32 (float16's range ends at 65504).
+3. ``spot`` (``--spot SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS``, a cell of the benchmark): the
+   missed needle's own surroundings in that cell's prompt (``--spot-windows`` BEFORE+AFTER
+   tokens around the planted line, then the prompt's last TAIL tokens before the cue), short
+   enough for the trained range, answered densely for the ``--misses`` and ``--controls``
+   values. Right here but wrong in the long prompt: the long context, not the spot, loses it.
 
 Usage (repository root; the haystack file as in BENCHMARKS.md)::
 
     .venv/bin/python benchmarks/probe_needle_misses.py --misses fxr94rdz,jti0f02i,jzrjv9om \\
         --controls t7itek5l,vuvnyan7,n59yn019,h5bo56pn,pr4gp0sr,2as2ujab,vii6ckxb,qsw7mnte --out OUT.json
+    .venv/bin/python benchmarks/probe_needle_misses.py --spot 1:1048576:1:15:20 --misses 2as2ujab,bunug98q \
+        --controls qw7b3pdk,hx4py8gp,an0rlyke,i2iiaann,kksum8nl,mytbx0kj --dtype-tokens 0 --out OUT.json
 """
 
 from __future__ import annotations
@@ -46,6 +53,39 @@ def check_values(model, tokenizer, hay, values: list[str], depths: list[float], 
                 right += tokenizer.decode(gen[0, ids.shape[1]:]).startswith(value)
         out[value] = {"right": right, "prompts": len(depths) * len(lengths)}
         print(f"{value}: {right} of {len(depths) * len(lengths)}", flush=True)
+    return out
+
+
+def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: list[tuple[int, int, int]]) -> dict:
+    """Right answers per ``(before, after, tail)`` window around the asked needle of ``cell``."""
+    import numpy as np
+
+    from ssa_code.bench.needle import build_prompt, encode, make_needles
+    from ssa_code.bench.synthetic import LineBoundaries
+
+    seed, length, keys, di, n_depths = (int(x) for x in cell.split(":"))
+    depth = round(float(np.linspace(0.0, 1.0, n_depths)[di]), 4)
+    rng = random.Random(f"{seed}:{length}:{keys}:{di}")  # as run_benchmark builds the cell
+    needles, asked = make_needles(rng, keys)
+    p = build_prompt(hay, LineBoundaries(tokenizer), tokenizer, length, depth, needles, asked, rng)
+    # The prompt without its needles' lines and cue; pos: where the asked line was planted.
+    base = np.concatenate([p.ids[:p.needle_pos], p.ids[p.needle_pos + p.needle_len:len(p.ids) - p.cue_len]])
+    pos = p.needle_pos
+    out = {"cell": cell, "depth": depth, "needle_pos": int(pos), "windows": {}}
+    for before, after, tail in windows:
+        right = 0
+        for value in values:
+            line = encode(tokenizer, f'SECRET_TOKEN = "{value}"\n')
+            cue = encode(tokenizer, 'SECRET_TOKEN = "')
+            ids = np.concatenate([base[pos - before:pos], line, base[pos:pos + after],
+                                  base[len(base) - tail:] if tail else base[:0], cue]).astype(np.int64)
+            x = torch.from_numpy(ids)[None]
+            with torch.no_grad():
+                gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                     max_new_tokens=len(encode(tokenizer, value)) + 1)
+            right += tokenizer.decode(gen[0, x.shape[1]:]).startswith(value)
+        out["windows"][f"{before}+{after}+{tail}"] = {"right": right, "prompts": len(values)}
+        print(f"spot {cell} window {before}+{after}+{tail}: {right} of {len(values)}", flush=True)
     return out
 
 
@@ -92,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="2048,3584", help="prompt tokens (within the trained range)")
     ap.add_argument("--dtype-tokens", type=int, default=4096, help="haystack stretch for the dtype check (0: skip)")
     ap.add_argument("--dtype-start", type=int, default=50000)
+    ap.add_argument("--spot", metavar="SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS",
+                    help="check the values at this benchmark cell's needle spot instead of at --depths")
+    ap.add_argument("--spot-windows", default="1000:1000:0,1500:500:1500,600:200:1500",
+                    help="BEFORE:AFTER:TAIL token windows of the spot check")
     ap.add_argument("--tokens", type=Path, default=Path("bench_data/haystack_stdlib.npz"))
     ap.add_argument("--model", type=Path, default=TINY_MODEL_DIR)
     ap.add_argument("--out", type=Path)
@@ -108,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         depths = [float(d) for d in args.depths.split(",") if d]
         lengths = [int(n) for n in args.lengths.split(",") if n]
+        windows = [tuple(int(x) for x in w.split(":")) for w in args.spot_windows.split(",") if w]
+        if any(len(w) != 3 or min(w) < 0 for w in windows):
+            raise ValueError(f"--spot-windows must be BEFORE:AFTER:TAIL token counts, got {args.spot_windows!r}")
+        if args.spot and (len(args.spot.split(":")) != 5 or not all(x.isdigit() for x in args.spot.split(":"))):
+            raise ValueError(f"--spot must be SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS, got {args.spot!r}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -116,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32, local_files_only=True)
     t0 = time.time()
-    report = {"model": str(args.model), "depths": depths, "lengths": lengths, "torch": torch.__version__}
+    report = {"model": str(args.model), "depths": depths, "lengths": lengths, "spot": args.spot,
+              "torch": torch.__version__}
     for kind in ("misses", "controls"):
         values = [v for v in getattr(args, kind).split(",") if v]
-        report[kind] = check_values(model, tokenizer, hay, values, depths, lengths)
+        if args.spot:
+            report[kind] = check_spot(model, tokenizer, hay, args.spot, values, windows)
+        else:
+            report[kind] = check_values(model, tokenizer, hay, values, depths, lengths)
     if args.dtype_tokens:
         report["dtypes"] = check_dtypes(args.model, hay, args.dtype_start, args.dtype_tokens)
     report["seconds"] = round(time.time() - t0, 1)
