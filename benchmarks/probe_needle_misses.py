@@ -68,7 +68,7 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     rng = random.Random(f"{seed}:{length}:{keys}:{di}")  # as run_benchmark builds the cell
     needles, asked = make_needles(rng, keys)
     p = build_prompt(hay, LineBoundaries(tokenizer), tokenizer, length, depth, needles, asked, rng)
-    # The prompt without its needles' lines and cue; pos: where the asked line was planted.
+    # The prompt without the asked needle's line and the cue; pos: where that line was planted.
     base = np.concatenate([p.ids[:p.needle_pos], p.ids[p.needle_pos + p.needle_len:len(p.ids) - p.cue_len]])
     pos = p.needle_pos
     out = {"cell": cell, "depth": depth, "needle_pos": int(pos), "windows": {}}
