@@ -260,11 +260,14 @@ class Prompt:
 
 
 def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, depth: float,
-                 needles: Sequence[Needle], asked: int, rng: random.Random) -> Prompt:
+                 needles: Sequence[Needle], asked: int, rng: random.Random, jitter: int = 0) -> Prompt:
     """Haystack of about ``length`` tokens with ``needles`` planted and the cue of ``needles[asked]`` last.
 
     The asked needle goes to the line boundary inside a file body nearest to
-    ``depth * haystack length``; the others to random body line boundaries.
+    ``depth * haystack length``; the others to random body line boundaries. With ``jitter``
+    tokens, the asked needle goes instead to a boundary drawn by ``rng`` among those within
+    ``jitter`` of that target (the nearest one if none is), so that seeds vary where a needle
+    sits as well as its value; ``jitter=0`` draws nothing more from ``rng``.
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
@@ -288,8 +291,11 @@ def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, d
     cand = pos[inside & (pos < end)]
     if cand.size == 0:
         raise ValueError(f"no file-body line boundary in the first {end} haystack tokens")
+    if jitter < 0:
+        raise ValueError(f"jitter must be >= 0, got {jitter}")
     target = depth * end
-    p_asked = int(cand[np.abs(cand - target).argmin()])
+    near = cand[np.abs(cand - target) <= jitter] if jitter else cand[:0]
+    p_asked = int(near[rng.randrange(near.size)] if near.size else cand[np.abs(cand - target).argmin()])
     places = []
     for i in range(len(needles)):
         places.append(p_asked if i == asked else int(cand[rng.randrange(cand.size)]))
@@ -524,7 +530,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   device: str | None = None, dtype: str = "auto", rounds: int = 1,
                   shard: tuple[int, int] = (0, 1),
                   warmup: bool = True, skip: Collection[tuple] = (),
-                  only: Collection[tuple] | None = None, log=print, on_progress=None) -> list[Cell]:
+                  only: Collection[tuple] | None = None, jitter: int = 0, log=print,
+                  on_progress=None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
@@ -535,6 +542,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     ``skip``: cells already measured (:func:`cell_key` tuples, e.g. from ``--resume``) are
     left out of the plan before it is split; with ``only`` (e.g. from ``--retry``), every cell
     not in it is.
+    ``jitter``: see :func:`build_prompt` (0: a depth is the same haystack line in every seed).
     ``dtype``: the model's dtype for every method (:func:`model_dtype`; ``auto``: bfloat16 on
     CUDA, float32 on the CPU).
     ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
@@ -576,7 +584,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
         if prompt_key != (length, k, di):
             rng = random.Random(f"{seed}:{length}:{k}:{di}")
             needles, asked = make_needles(rng, k)
-            prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng)
+            prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng, jitter)
             prompt_key = (length, k, di)
         cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs, ssa_model, dense_model,
                                dev, dense_max, t0 + max_seconds, last_rate, log))
@@ -819,6 +827,8 @@ def benchmark_differs(a: dict, b: dict) -> list[str]:
     Runs may cover different lengths and methods; a method both ran must have the same config.
     """
     diff = [k for k in ("model", "seed", "budget", "chunk_size", "haystack") if a.get(k) != b.get(k)]
+    if a.get("jitter", 0) != b.get("jitter", 0):  # reports from before --jitter had none
+        diff.append("jitter")
     if _run_dtype(a) != _run_dtype(b):
         diff.append("dtype")
     ca, cb = a.get("configs") or {}, b.get("configs") or {}
@@ -933,6 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved passes over the depths (each covers all lengths)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jitter", type=int, default=0, metavar="TOKENS",
+                    help="place the asked needle at a line drawn by the seed within TOKENS of its "
+                         "depth (default 0: a depth is the same haystack line in every seed)")
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only this process's share of the cells (processes 0..N-1, e.g. one "
                          "per GPU or several per GPU), then join their --out folders with --merge")
@@ -1001,6 +1014,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if args.depths < 1 or any(k < 1 for k in keys):
             raise ValueError("--depths and --keys must be >= 1")
+        if args.jitter < 0:
+            raise ValueError(f"--jitter must be >= 0, got {args.jitter}")
         from transformers import AutoConfig
 
         mcfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -1022,7 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "model": str(model_dir), "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "dtype": str(model_dtype(args.dtype, dev)).removeprefix("torch."),
-        "seed": args.seed, "budget": args.budget, "chunk_size": args.chunk_size,
+        "seed": args.seed, "jitter": args.jitter, "budget": args.budget, "chunk_size": args.chunk_size,
         "dense_max": args.dense_max, "haystack": hay.meta, "rounds": args.rounds,
         "warmup": not args.no_warmup,
         "configs": {m: c.to_dict() for m, c in configs.items() if m in methods},
@@ -1056,7 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=dev,
                               dtype=args.dtype,
                               rounds=args.rounds, shard=shard, warmup=not args.no_warmup, skip=skip,
-                              only=only, log=lambda s: print(s, file=sys.stderr, flush=True),
+                              only=only, jitter=args.jitter,
+                              log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)
     except ValueError as e:
         return fail(str(e))

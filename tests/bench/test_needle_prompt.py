@@ -78,6 +78,23 @@ def test_depth_orders_needles(hay):
     assert pos[0] < pos[1] < pos[2]
 
 
+def test_jitter_moves_the_needle_by_seed_within_its_reach(hay):
+    tok = default_tokenizer()
+    lines = LineBoundaries(tok)
+
+    def place(seed: int, jitter: int) -> int:
+        rng = random.Random(seed)
+        needles, asked = make_needles(rng, 1)
+        return build_prompt(hay, lines, tok, 6000, 0.5, needles, asked, rng, jitter).needle_pos
+
+    fixed = place(0, 0)
+    assert all(place(seed, 0) == fixed for seed in range(1, 6))  # no jitter: one line per depth
+    moved = {place(seed, 800) for seed in range(12)}
+    assert len(moved) > 3 and all(abs(m - fixed) <= 800 + 64 for m in moved)
+    with pytest.raises(ValueError, match="jitter"):
+        place(0, -1)
+
+
 def test_method_configs_share_the_budget():
     cfgs = method_configs(4096, chunk_size=1024, block_size=64, sinks=64, max_position=4096)
     assert set(cfgs) == {"streaming", "h2o", "infllm", "ssa"}
@@ -94,13 +111,15 @@ def test_method_configs_share_the_budget():
         method_configs(100, block_size=64, sinks=64)
 
 
-def test_ssa_set_errors_are_one_line(hay, tmp_path, capsys):
+def test_option_errors_are_one_line(hay, tmp_path, capsys):
     hay.save(tmp_path / "hay.npz")
     base = ["--tokens", str(tmp_path / "hay.npz"), "--out", str(tmp_path / "o")]
-    # An unknown field, a value SSAConfig refuses, one that breaks the shared budget.
-    for bad in ("nope=1", "summaries=-1", "summaries=100000"):
+    # --ssa-set: an unknown field, a value SSAConfig refuses, one that breaks the shared budget;
+    # a negative --jitter.
+    for bad in (["--ssa-set", "nope=1"], ["--ssa-set", "summaries=-1"], ["--ssa-set", "summaries=100000"],
+                ["--jitter", "-5"]):
         capsys.readouterr()
-        assert main([*base, "--ssa-set", bad, "--device", "cpu"]) == 2
+        assert main([*base, *bad, "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

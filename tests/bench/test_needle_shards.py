@@ -93,12 +93,13 @@ def test_merge_fills_unrun_cells_and_refuses_a_cell_measured_twice(tmp_path, cap
     _write_run(tmp_path / "again", [_cell(0.0, False)])
     _write_run(tmp_path / "other", [_cell(1.0, True)], configs={"streaming": {"budget": 1024}})
     _write_run(tmp_path / "half", [_cell(1.0, True)], dtype="bfloat16")
+    _write_run(tmp_path / "moved", [_cell(1.0, True)], jitter=2000)
     # A report from before --dtype (no dtype: auto's) joins a run that names auto's dtype.
     _write_run(tmp_path / "named", [_cell(1.0, True)], dtype="float32")
     assert main(["--merge", str(tmp_path / "first"), str(tmp_path / "named"), "--out", str(tmp_path / "n")]) == 0
     capsys.readouterr()
     for second, words in (("again", "also in another shard"), ("other", "differs in configs"),
-                          ("half", "differs in dtype")):
+                          ("half", "differs in dtype"), ("moved", "differs in jitter")):
         assert main(["--merge", str(tmp_path / "first"), str(tmp_path / second), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and len(err.splitlines()) == 1
