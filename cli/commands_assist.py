@@ -8,6 +8,7 @@ import shlex
 import stat
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
@@ -148,11 +149,21 @@ def _pack(repo: Path, loaded: Any, include: list[str], exclude: list[str]) -> tu
     options = PackOptions(question=None, budget=None, include=tuple(include), exclude=tuple(exclude))
     packed = pack_repository(str(repo), loaded.tokenizer, options)
     if not packed.files:
-        skipped = f" ({len(packed.skipped)} skipped: binary, too large or unreadable)" if packed.skipped else ""
-        raise UserError(f"{repo} has no text files to read{skipped}")
+        raise UserError(f"{repo} has no text files to read{_skipped_summary(packed.skipped)}")
     # What changes the packed content (the cache folder and switch do not).
     key_options = {k: v for k, v in vars(options).items() if k not in ("cache_dir", "use_cache")}
     return packed, key_options
+
+
+def _skipped_summary(skipped: list[tuple[str, str]], most: int = 3) -> str:
+    """`` (2 skipped: 1 not matched by --include, 1 binary)``: why the walk left files out."""
+    if not skipped:
+        return ""
+    reasons = Counter(reason for _, reason in skipped).most_common()
+    parts = [f"{n} {reason}" for reason, n in reasons[:most]]
+    if len(reasons) > most:
+        parts.append(f"{sum(n for _, n in reasons[most:])} for other reasons")
+    return f" ({len(skipped)} skipped: {', '.join(parts)})"
 
 
 def peak_rss_bytes() -> int | None:

@@ -280,7 +280,12 @@ def test_repository_without_text_files(tmp_path, random_model_dir):
     (repo / "blob.bin").write_bytes(bytes(range(256)) * 8)
     init_repo(repo)
     r = invoke("ask", "what?", "--repo", str(repo), "--model", str(random_model_dir), *FAST)
-    one_line_error(r, 1, "no text files")
+    one_line_error(r, 1, r"no text files to read \(1 skipped: 1 binary")
+    # The reason is the walk's: here the --include glob matches nothing.
+    (repo / "a.py").write_text("x = 1\n")
+    init_repo(repo)
+    r = invoke("ask", "what?", "--repo", str(repo), "--model", str(random_model_dir), *FAST, "--include", "zzz/**")
+    one_line_error(r, 1, r"\(2 skipped: 2 not matched by --include\)")
 
 
 def test_model_path_that_is_not_a_model(sample_repo, tmp_path):
