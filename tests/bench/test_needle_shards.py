@@ -133,9 +133,11 @@ def test_retry_runs_only_the_cells_answered_wrong(tmp_path, monkeypatch, capsys)
     path = tmp_path / "first" / "needle.json"
     data = json.loads(path.read_text())
     assert len(data["cells"]) == 3
-    # Whatever the model answered, mark the middle depth wrong and the others right.
+    # Whatever the model answered, mark the middle depth wrong and the others right; and let
+    # the earlier run have had another config (what a retry with --ssa-set compares against).
     for c in data["cells"]:
         c["correct"] = c["depth"] != 0.5
+    data["meta"]["configs"]["streaming"]["window"] += 64
     path.write_text(json.dumps(data))
     capsys.readouterr()
     assert main([*args, "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "again")]) == 0
