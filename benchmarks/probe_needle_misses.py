@@ -60,14 +60,13 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     """Right answers per ``(before, after, tail)`` window around the asked needle of ``cell``."""
     import numpy as np
 
-    from ssa_code.bench.needle import build_prompt, encode, make_needles
+    from ssa_code.bench.needle import cell_prompt, depth_grid, encode
     from ssa_code.bench.synthetic import LineBoundaries
 
     seed, length, keys, di, n_depths = (int(x) for x in cell.split(":"))
-    depth = round(float(np.linspace(0.0, 1.0, n_depths)[di]), 4)
-    rng = random.Random(f"{seed}:{length}:{keys}:{di}")  # as run_benchmark builds the cell
-    needles, asked = make_needles(rng, keys)
-    p = build_prompt(hay, LineBoundaries(tokenizer), tokenizer, length, depth, needles, asked, rng)
+    depths = depth_grid(n_depths)
+    depth = depths[di]
+    p = cell_prompt(hay, LineBoundaries(tokenizer), tokenizer, seed, length, keys, di, depths)
     # The prompt without the asked needle's line and the cue; pos: where that line was planted.
     base = np.concatenate([p.ids[:p.needle_pos], p.ids[p.needle_pos + p.needle_len:len(p.ids) - p.cue_len]])
     pos = p.needle_pos

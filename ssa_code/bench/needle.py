@@ -271,6 +271,8 @@ def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, d
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
+    if jitter < 0:
+        raise ValueError(f"jitter must be >= 0, got {jitter}")
     line_ids = [encode(tokenizer, n.line) for n in needles]
     cue = encode(tokenizer, needles[asked].cue)
     room = length - len(cue) - sum(map(len, line_ids))
@@ -291,8 +293,6 @@ def build_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, length: int, d
     cand = pos[inside & (pos < end)]
     if cand.size == 0:
         raise ValueError(f"no file-body line boundary in the first {end} haystack tokens")
-    if jitter < 0:
-        raise ValueError(f"jitter must be >= 0, got {jitter}")
     target = depth * end
     near = cand[np.abs(cand - target) <= jitter] if jitter else cand[:0]
     p_asked = int(near[rng.randrange(near.size)] if near.size else cand[np.abs(cand - target).argmin()])
@@ -339,6 +339,21 @@ def make_needles(rng: random.Random, keys: int) -> tuple[list[Needle], int]:
         values.add(v)
         needles.append(Needle(f"SECRET_TOKEN_{s}", v, "str"))
     return needles, rng.randrange(keys)
+
+
+def depth_grid(n: int) -> list[float]:
+    """The benchmark's ``n`` needle depths, evenly over [0, 1] (rounded as reports name them)."""
+    return [round(float(d), 4) for d in np.linspace(0.0, 1.0, n)]
+
+
+def cell_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, seed: int, length: int, keys: int,
+                depth_index: int, depths: Sequence[float], jitter: int = 0) -> Prompt:
+    """The prompt of one benchmark cell, as :func:`run_benchmark` builds it (every method of the
+    cell answers the same one); probes rebuild a cell with it."""
+    rng = random.Random(f"{seed}:{length}:{keys}:{depth_index}")
+    needles, asked = make_needles(rng, keys)
+    return build_prompt(hay, lines, tokenizer, length, float(depths[depth_index]), needles, asked, rng,
+                        jitter)
 
 
 # --------------------------------------------------------------------------- running
@@ -582,9 +597,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     for i, (r, length, k, di, m) in enumerate(mine):
         depth = float(depths[di])
         if prompt_key != (length, k, di):
-            rng = random.Random(f"{seed}:{length}:{k}:{di}")
-            needles, asked = make_needles(rng, k)
-            prompt = build_prompt(hay, lines, tokenizer, length, depth, needles, asked, rng, jitter)
+            prompt = cell_prompt(hay, lines, tokenizer, seed, length, k, di, depths, jitter)
             prompt_key = (length, k, di)
         cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs, ssa_model, dense_model,
                                dev, dense_max, t0 + max_seconds, last_rate, log))
@@ -1029,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"--budget {args.budget} (and one spare block)")
     except ValueError as e:
         return fail(str(e))
-    depths = [round(float(d), 4) for d in np.linspace(0.0, 1.0, args.depths)]
+    depths = depth_grid(args.depths)
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
