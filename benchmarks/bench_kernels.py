@@ -445,6 +445,21 @@ def read_floor(k_buf, v_buf, bias, n_slots, splits, block_n=64):
     return out
 
 
+@triton.jit
+def _launch_floor_kernel(OUT):
+    """Program (split s, KV head h) stores its own index and reads nothing: what a launch of the
+    split kernel's grid costs in a CUDA graph before a byte of K/V moves."""
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    tl.store(OUT + h * tl.num_programs(0) + s, (h * tl.num_programs(0) + s).to(tl.int32))
+
+
+def launch_floor(out, splits):
+    """Launches the ``(splits, HKV)`` grid into ``out`` (int32, ``HKV * splits``)."""
+    _launch_floor_kernel[(splits, out.numel() // splits)](out, num_warps=4)
+    return out
+
+
 def check_read_floor():
     """The read floor sums what it should (so it reads every byte it is timed for)."""
     _, k_buf, v_buf, bias, *_ = tier_layout(300 if SMOKE else 12416, seed=5)
@@ -476,6 +491,12 @@ def bench_decode(n_slots, copy_gbps):
     floor_args = [(c[1], c[2], c[3]) for c in copies]
     fl_warm = timeit(lambda: read_floor(*floor_args[0], n_slots, planned), graph=True)
     fl_cold = timeit(rotating(lambda a: read_floor(*a, n_slots, planned), floor_args), graph=True) / reps
+    # The launch floor: the same grid reading nothing (cycled over as many outputs as the cold
+    # timings cycle inputs, so it is timed the same way).
+    ids = [torch.empty(HKV * planned, dtype=torch.int32, device=DEV) for _ in range(reps)]
+    ln_cold = timeit(rotating(lambda o: launch_floor(o, planned), ids), graph=True) / reps
+    assert torch.equal(ids[0].cpu(), torch.arange(HKV * planned, dtype=torch.int32)), "launch floor"
+    del ids
     # Dense SDPA decode over the same number of keys (GQA native), warm, for context.
     k = torch.randn(1, HKV, n_slots, D, device=DEV, dtype=DT)
     v = torch.randn_like(k)
@@ -495,6 +516,10 @@ def bench_decode(n_slots, copy_gbps):
                          "slots": n_slots, "error": msg})
             continue
         ms_cold = timeit(rotating(call, copies), graph=True) / reps
+        # K, V and bias cold, the small inputs (q, ranges, the new key) hot: in a model's decode
+        # step q and the new key were just written by the layer's projections.
+        hot_small = [(inp[0], c[1], c[2], c[3], inp[4], inp[5], inp[6]) for c in copies]
+        ms_cold_hot_small = timeit(rotating(call, hot_small), graph=True) / reps
         ms_eager = timeit(functools.partial(call, inp))
         sweep = {}
         for splits in ([] if ARGS.no_sweep else split_candidates(n_slots)):
@@ -525,13 +550,14 @@ def bench_decode(n_slots, copy_gbps):
         row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
                "splits": planned, "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
+               "ms_graph_cold_hot_small": ms_cold_hot_small,
                "ms_eager": ms_eager, "GBps": nbytes / ms_warm / 1e6,
                "GBps_cold": nbytes / ms_cold / 1e6, "copy_GBps": copy_gbps,
                "copy_same_ms": cp_warm, "copy_same_ms_cold": cp_cold,
                "copy_same_GBps": nbytes / cp_warm / 1e6,
                "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
                "read_floor_ms": fl_warm, "read_floor_ms_cold": fl_cold,
-               "read_floor_GBps_cold": nbytes / fl_cold / 1e6,
+               "read_floor_GBps_cold": nbytes / fl_cold / 1e6, "launch_floor_ms": ln_cold,
                "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
                "config_sweep_ms_cold": cfg_sweep, "merge_elems_sweep_ms_cold": merge_sweep,
                "best_ms_cold": sweep.get(best, ms_cold),
@@ -546,7 +572,7 @@ def bench_decode(n_slots, copy_gbps):
         print(row, flush=True)
         swept = ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in sweep.items())
         print(f"decode {n_slots} slots {key_loop} {combine}: planned {planned} splits "
-              f"{ms_cold * 1e3:.1f} us cold; " + (f"sweep {swept} us; best {best}" if sweep
+              f"{ms_cold * 1e3:.1f} us cold ({ms_cold_hot_small * 1e3:.1f} with q and ranges hot); " + (f"sweep {swept} us; best {best}" if sweep
                                                    else "no sweep"), flush=True)
         if merge_sweep:
             print(f"decode {n_slots} slots {key_loop} fused: merge elements sweep (cold) "
@@ -570,6 +596,7 @@ def bench_decode(n_slots, copy_gbps):
                      f", warm {r['ms_graph'] / sep['ms_graph']:.2f}")
     line += (f"; same-size copy cold {cp_cold * 1e3:.1f} us; read floor cold {fl_cold * 1e3:.1f} us "
              f"({nbytes / fl_cold / 1e6 / copy_gbps:.2f} of copy), warm {fl_warm * 1e3:.1f} us; "
+             f"launch floor (empty grid) {ln_cold * 1e3:.1f} us; "
              f"SDPA warm {ms_sdpa * 1e3:.1f} us")
     print(line, flush=True)
 
