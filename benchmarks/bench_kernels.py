@@ -25,13 +25,12 @@ First every kernel is checked against its PyTorch reference on the device at rea
   (the graph cycles through enough copies of the inputs to exceed 3x the L2 size, as a model's
   layers do). Judged against two copies timed the same way: the card's large-copy bandwidth
   (2 GiB) and a device-to-device copy moving the same number of bytes as the decode reads (half
-  read, half written), so small sizes are compared with what the card does at that size, and
-  against a read floor: one launch of the split kernel's grid that only streams the same bytes
-  (K, V and bias of n_slots slots per KV head) and sums them (no dot, no softmax, no merge): what
-  reading those bytes alone costs at that size in that grid. Then
-  a sweep of the forced split count (cold), whose best values feed `plan_splits`, a sweep of
-  the split kernel's autotune configs (BLOCK_N, warps, stages; cold, planned splits; flat loop),
-  and the eager time (with Python dispatch).
+  read, half written), so small sizes are compared with what the card does at that size; beside
+  them the launch floor (the split kernel's grid launched empty, in the same graph form) and the
+  decode again with only K, V and bias cold (q, ranges and the new key hot, as in a model's
+  step). Then a sweep of the forced split count (cold), whose best values feed `plan_splits`, a
+  sweep of the flat loop's tile configs (BLOCK_N, warps, stages; cold, planned splits), whose
+  best values feed `split_config`, and the eager time (with Python dispatch).
 - score_blocks: M queries against N = 16K index entries, TFLOP/s (2 * Hq * M * N * D / t).
 Prints a markdown table last and writes JSON to $OUT/bench_kernels.json (OUT defaults to /tmp).
 """
@@ -258,7 +257,6 @@ def run_checks():
     os.environ["SSA_CODE_KERNELS_POISON"] = "1"
     if "decode" in ARGS.only:
         check_decode_loops()
-        CHECKS.append({"check": "read floor sums", "pass": check_read_floor()})
     if ARGS.only == ("decode",):
         os.environ["SSA_CODE_KERNELS_POISON"] = "0"
         sync()
@@ -378,27 +376,24 @@ def decode_call(key_loop, combine, splits=None):
 
 
 class forced_config:
-    """Runs an autotuned kernel with one config only (a benchmark sweep), then restores it."""
+    """Runs the flat split path with one config (a benchmark sweep), then restores the rule."""
 
-    def __init__(self, tuner, config):
-        self.tuner, self.config = tuner, config
+    def __init__(self, config):
+        self.config = config
 
     def __enter__(self):
-        self.saved = (self.tuner.configs, dict(self.tuner.cache))
-        self.tuner.configs = [self.config]
-        self.tuner.cache.clear()
+        self.saved = TA.SPLIT_CONFIG_OVERRIDE
+        TA.SPLIT_CONFIG_OVERRIDE = self.config
 
     def __exit__(self, *exc):
-        self.tuner.configs = self.saved[0]
-        self.tuner.cache.clear()
-        self.tuner.cache.update(self.saved[1])
+        TA.SPLIT_CONFIG_OVERRIDE = self.saved
 
 
 def config_name(c):
     return f"N{c.kwargs['BLOCK_N']}w{c.num_warps}s{c.num_stages}"
 
 
-# Split-kernel configs the decode config sweep times: the autotune space and a few beside it
+# Split-kernel configs the decode config sweep times: every config the flat loop can run and a few beside it
 # (a shallower/deeper pipeline, BLOCK_N 32, 8 warps).
 def sweep_configs():
     if SMOKE:
@@ -407,42 +402,6 @@ def sweep_configs():
              triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=5),
              triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3)]
     return list(TA._SPLIT_CONFIGS) + ([] if ARGS.quick else extra)
-
-
-@triton.jit
-def _read_floor_kernel(K_BUF, V_BUF, BIAS, OUT, n_slots, per_prog, stride_kh, stride_bh,
-                       D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program (split s, KV head h) streams K, V and bias of slots [s * per_prog, ...) of head h
-    and stores one float32 sum (finite biases only)."""
-    s = tl.program_id(0)
-    h = tl.program_id(1)
-    lo = s * per_prog
-    hi = tl.minimum(lo + per_prog, n_slots)
-    cols = tl.arange(0, D)
-    acc = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    bacc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for n0 in range(lo, hi, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        m = rows < hi
-        off = h * stride_kh + rows[:, None] * D + cols[None, :]
-        acc += tl.load(K_BUF + off, mask=m[:, None], other=0.0).to(tl.float32)
-        acc += tl.load(V_BUF + off, mask=m[:, None], other=0.0).to(tl.float32)
-        b = tl.load(BIAS + h * stride_bh + rows, mask=m, other=0.0)
-        bacc += tl.where(b == float("-inf"), 0.0, b)
-    total = tl.sum(tl.sum(acc, axis=1) + bacc, axis=0)
-    tl.store(OUT + h * tl.num_programs(0) + s, total.to(OUT.dtype.element_ty))
-
-
-def read_floor(k_buf, v_buf, bias, n_slots, splits, block_n=64):
-    """``[HKV, splits]`` float32 sums of K, V and the finite biases of the first ``n_slots``
-    slots per KV head, read once by a ``(splits, HKV)`` grid (the split kernel's)."""
-    assert k_buf.is_contiguous() and v_buf.is_contiguous() and bias.is_contiguous()
-    per_prog = -(-n_slots // (splits * block_n)) * block_n
-    out = torch.empty(k_buf.shape[0], splits, dtype=torch.float32, device=k_buf.device)
-    _read_floor_kernel[(splits, k_buf.shape[0])](k_buf, v_buf, bias, out, n_slots, per_prog,
-                                                 k_buf.stride(0), bias.stride(0), D=k_buf.shape[2],
-                                                 BLOCK_N=block_n, num_warps=4, num_stages=4)
-    return out
 
 
 @triton.jit
@@ -460,20 +419,6 @@ def launch_floor(out, splits):
     return out
 
 
-def check_read_floor():
-    """The read floor sums what it should (so it reads every byte it is timed for)."""
-    _, k_buf, v_buf, bias, *_ = tier_layout(300 if SMOKE else 12416, seed=5)
-    n = k_buf.shape[1] - 7
-    got = read_floor(k_buf, v_buf, bias, n, splits=3).sum(1)
-    b = bias[:, :n]
-    want = ((k_buf[:, :n].float() + v_buf[:, :n].float()).sum((1, 2))
-            + torch.where(b.isneginf(), 0.0, b).sum(1))
-    err = (got - want).abs().max().item()
-    ok = err <= 1e-3 * max(1.0, want.abs().max().item())
-    print(f"{'PASS' if ok else 'FAIL'} read floor sums: max abs err {err:.3g}", flush=True)
-    return ok
-
-
 def bench_decode(n_slots, copy_gbps):
     """Every decode variant (key loop x merge) at one size on the six-tier layout: a row each."""
     inp = tier_layout(n_slots, seed=n_slots)
@@ -487,10 +432,6 @@ def bench_decode(n_slots, copy_gbps):
     cp_warm = timeit(lambda: dst[0].copy_(src[0]), graph=True)
     cp_cold = timeit(rotating(lambda i: dst[i].copy_(src[i]), range(reps)), graph=True) / reps
     del src, dst
-    # The read floor: the same bytes streamed by the split kernel's grid, nothing else done.
-    floor_args = [(c[1], c[2], c[3]) for c in copies]
-    fl_warm = timeit(lambda: read_floor(*floor_args[0], n_slots, planned), graph=True)
-    fl_cold = timeit(rotating(lambda a: read_floor(*a, n_slots, planned), floor_args), graph=True) / reps
     # The launch floor: the same grid reading nothing (cycled over as many outputs as the cold
     # timings cycle inputs, so it is timed the same way).
     ids = [torch.empty(HKV * planned, dtype=torch.int32, device=DEV) for _ in range(reps)]
@@ -529,7 +470,7 @@ def bench_decode(n_slots, copy_gbps):
         cfg_sweep = {}
         if key_loop == "flat" and not ARGS.no_sweep:
             for c in sweep_configs():
-                with forced_config(TA._split_fwd, c):
+                with forced_config(c):
                     try:
                         cfg_sweep[config_name(c)] = timeit(rotating(call, copies), graph=True,
                                                            rep=20) / reps
@@ -549,15 +490,15 @@ def bench_decode(n_slots, copy_gbps):
                 TA._MERGE_ELEMS = saved
         row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
-               "splits": planned, "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
+               "splits": planned, "ms_graph": ms_warm,
+               "split_config": config_name(TA.split_config(inp[1].shape[1], planned)), "ms_graph_cold": ms_cold,
                "ms_graph_cold_hot_small": ms_cold_hot_small,
                "ms_eager": ms_eager, "GBps": nbytes / ms_warm / 1e6,
                "GBps_cold": nbytes / ms_cold / 1e6, "copy_GBps": copy_gbps,
                "copy_same_ms": cp_warm, "copy_same_ms_cold": cp_cold,
                "copy_same_GBps": nbytes / cp_warm / 1e6,
                "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
-               "read_floor_ms": fl_warm, "read_floor_ms_cold": fl_cold,
-               "read_floor_GBps_cold": nbytes / fl_cold / 1e6, "launch_floor_ms": ln_cold,
+               "launch_floor_ms": ln_cold,
                "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
                "config_sweep_ms_cold": cfg_sweep, "merge_elems_sweep_ms_cold": merge_sweep,
                "best_ms_cold": sweep.get(best, ms_cold),
@@ -566,7 +507,6 @@ def bench_decode(n_slots, copy_gbps):
         row["frac_of_copy_cold"] = row["GBps_cold"] / copy_gbps
         row["frac_of_same_copy"] = row["GBps"] / row["copy_same_GBps"]
         row["frac_of_same_copy_cold"] = row["GBps_cold"] / row["copy_same_GBps_cold"]
-        row["read_floor_frac_of_copy_cold"] = row["read_floor_GBps_cold"] / copy_gbps
         ROWS.append(row)
         rows[key_loop, combine] = row
         print(row, flush=True)
@@ -594,8 +534,7 @@ def bench_decode(n_slots, copy_gbps):
         if sep and r:
             line += (f"; flat {other}/separate cold {r['ms_graph_cold'] / sep['ms_graph_cold']:.2f}"
                      f", warm {r['ms_graph'] / sep['ms_graph']:.2f}")
-    line += (f"; same-size copy cold {cp_cold * 1e3:.1f} us; read floor cold {fl_cold * 1e3:.1f} us "
-             f"({nbytes / fl_cold / 1e6 / copy_gbps:.2f} of copy), warm {fl_warm * 1e3:.1f} us; "
+    line += (f"; same-size copy cold {cp_cold * 1e3:.1f} us; "
              f"launch floor (empty grid) {ln_cold * 1e3:.1f} us; "
              f"SDPA warm {ms_sdpa * 1e3:.1f} us")
     print(line, flush=True)
@@ -642,9 +581,8 @@ def table():
                 f"warm {r['copy_same_GBps']:.0f}, cold {r['copy_same_GBps_cold']:.0f} GB/s; "
                 f"SDPA warm {r['sdpa_GBps']:.0f} GB/s | of copy: warm {r['frac_of_copy']:.2f}, "
                 f"cold {r['frac_of_copy_cold']:.2f}; of same-size copy: warm "
-                f"{r['frac_of_same_copy']:.2f}, cold {r['frac_of_same_copy_cold']:.2f}; read floor "
-                f"cold {r['read_floor_ms_cold'] * 1e3:.1f} us ({r['read_floor_frac_of_copy_cold']:.2f} "
-                f"of copy) (target >= 0.7) |")
+                f"{r['frac_of_same_copy']:.2f}, cold {r['frac_of_same_copy_cold']:.2f}; launch floor "
+                f"{r['launch_floor_ms'] * 1e3:.1f} us (target >= 0.7) |")
         elif r["op"] == "decode_error":
             lines.append(f"| decode {r['key_loop']} {r['combine']} | slots={r['slots']} | failed |"
                          f" {r['error'][:80]} | | |")
@@ -710,10 +648,11 @@ def main():
               + ", ".join(f"{r['slots']} {r['key_loop']} {r['combine']}: {r['best_splits']} "
                           f"({r['best_ms_cold'] * 1e3:.1f} us; planned {r['splits']})" for r in dec),
               flush=True)
-        for key_loop, tuner in (("flat", TA._split_fwd), ("ranges", TA._split_ranges_fwd)):
-            tuned = getattr(tuner, "cache", {})
-            print(f"split-K autotune choices, {key_loop} (key ends with FUSED when fused): "
-                  f"{[(k, str(v)) for k, v in tuned.items()]}", flush=True)
+        print("flat split config per decode size (the rule): " + ", ".join(
+            f"{r['slots']}: {r['split_config']}" for r in dec if r["key_loop"] == "flat"), flush=True)
+        tuned = getattr(TA._split_ranges_fwd, "cache", {})
+        print("split-K autotune choices, ranges (key ends with FUSED when fused): "
+              f"{[(k, str(v)) for k, v in tuned.items()]}", flush=True)
     for m, n in (score if "score" in ARGS.only else []):
         bench_score(m, n)
     for m, nb, o in (mass if "mass" in ARGS.only else []):

@@ -435,15 +435,30 @@ _SPLIT_RANGES_CONFIGS = [
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
 ]
-_SPLIT_CONFIGS = _SPLIT_RANGES_CONFIGS + [
-    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3),
-]
+# The flat loop's config is not autotuned but chosen by the buffer slots one split walks
+# (capacity / splits): the autotuner timed warm, eager calls at whatever size came first and its
+# pick varied between runs, and one pick (BLOCK_N 128, 2 stages, bench_kernels run of 7e0d3c1)
+# cost 11-20% cold against the rule below at 32K-64K slots. Cold CUDA-graph sweeps on the H200
+# (benchmarks/results/bench_kernels_decode_merges_h200_run2.json): (64, w4, s4) best at 8K slots
+# (248 a split; 10.4 against 11.0 us), tied at 12416 (376), (128, w4, s3) best from 32K (993;
+# 22.9 against 23.0 us, 67.5 against 70.9 at 128K).
+_SPLIT_SHORT = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4)
+_SPLIT_LONG = triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3)
+_SHORT_SPLIT_SLOTS = 512
+# Every config the flat loop can run (the sm_90 resource report and the benchmark sweep).
+_SPLIT_CONFIGS = _SPLIT_RANGES_CONFIGS + [_SPLIT_SHORT, _SPLIT_LONG]
+# A config forced on the flat split path (benchmark sweeps); None: split_config's rule.
+SPLIT_CONFIG_OVERRIDE = None
+
+
+def split_config(cap: int, splits: int) -> triton.Config:
+    """The flat split-K loop's tile config for a buffer of ``cap`` slots over ``splits`` splits."""
+    if SPLIT_CONFIG_OVERRIDE is not None:
+        return SPLIT_CONFIG_OVERRIDE
+    return _SPLIT_SHORT if cap <= _SHORT_SPLIT_SLOTS * splits else _SPLIT_LONG
+
+
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
-    ssa_attn_fwd_kernel)
-# FUSED is in the key: the merge tail of the fused form may favour another config.
-_split_fwd = triton.autotune(
-    _SPLIT_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
     ssa_attn_fwd_kernel)
 _split_ranges_fwd = triton.autotune(
     _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
@@ -608,9 +623,13 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
         if not interpreting():
             cfg.update(num_warps=4, num_stages=2)
         launch = ssa_attn_fwd_kernel
+    elif flat:
+        c = split_config(cap, splits)
+        cfg = dict(BLOCK_M=block_m, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        launch = ssa_attn_fwd_kernel
     else:
         cfg = {} if block_m == 0 else {"BLOCK_M": block_m}
-        launch = _prefill_fwd if block_m == 0 else _split_fwd if flat else _split_ranges_fwd
+        launch = _prefill_fwd if block_m == 0 else _split_ranges_fwd
     consts = dict(GROUP=group, HEAD_DIM=d, FLAT_KEYS=flat, RANGES_PAD=ranges_pad,
                   INPUT_PRECISION=precision, WITH_NEW=bool(with_new), **cfg)
     if splits == 1:

@@ -352,6 +352,25 @@ def test_default_merge_is_measured_fastest_and_falls_back_without_pdl():
         assert TA.pdl_supported(torch.device("cuda")) == (major >= 9 and torch.version.hip is None)
 
 
+def test_split_config_follows_slots_a_split_walks(monkeypatch):
+    """The flat split loop's tile config is a fixed rule, not autotuned: BLOCK_N 64 with 4 stages
+    while a split walks at most 512 buffer slots (8K-16K-slot decode at 33 splits), BLOCK_N 128
+    with 3 stages beyond; a benchmark sweep forces one through SPLIT_CONFIG_OVERRIDE."""
+    from ssa_code.kernels import tier_attention_triton as TA
+
+    def name(c):
+        return (c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+
+    assert name(TA.split_config(8192, 33)) == (64, 4, 4)
+    assert name(TA.split_config(12416, 33)) == (64, 4, 4)
+    assert name(TA.split_config(33 * 512, 33)) == (64, 4, 4)
+    assert name(TA.split_config(33 * 512 + 1, 33)) == (128, 4, 3)
+    assert name(TA.split_config(131072, 33)) == (128, 4, 3)
+    assert all(c in TA._SPLIT_CONFIGS for c in (TA._SPLIT_SHORT, TA._SPLIT_LONG))
+    monkeypatch.setattr(TA, "SPLIT_CONFIG_OVERRIDE", TA._SPLIT_RANGES_CONFIGS[0])
+    assert TA.split_config(131072, 33) is TA._SPLIT_RANGES_CONFIGS[0]
+
+
 @pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,splits", [(1, None), (1, 3), (40, 1)])
