@@ -436,12 +436,13 @@ _SPLIT_RANGES_CONFIGS = [
     triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
 ]
 # The flat loop's config is not autotuned but chosen by the buffer slots one split walks
-# (capacity / splits): the autotuner timed warm, eager calls at whatever size came first and its
-# pick varied between runs, and one pick (BLOCK_N 128, 2 stages, bench_kernels run of 7e0d3c1)
-# cost 11-20% cold against the rule below at 32K-64K slots. Cold CUDA-graph sweeps on the H200
-# (benchmarks/results/bench_kernels_decode_merges_h200_run2.json): (64, w4, s4) best at 8K slots
-# (248 a split; 10.4 against 11.0 us), tied at 12416 (376), (128, w4, s3) best from 32K (993;
-# 22.9 against 23.0 us, 67.5 against 70.9 at 128K).
+# (capacity / splits): the autotuner timed warm, eager calls at whatever size came first, and its
+# pick varied between runs. One pick, BLOCK_N 128 with 2 stages (benchmarks/results/
+# bench_kernels_decode_autotuned_h200.json), was 12-23% slower than this rule in the same-run
+# sweep of bench_kernels_decode_rule_h200.json (H200, cold, CUDA graph, 33 splits), where the
+# rule's config was the fastest or within 0.1 us of it at every size from 8K to 128K slots:
+# (64, w4, s4) at 8K (248 slots a split; 10.5 against 11.1 us) and 12416 (12.7 against 12.6),
+# (128, w4, s3) from 16K (14.4 against 14.7; 69.1 against 71.3 at 128K).
 _SPLIT_SHORT = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4)
 _SPLIT_LONG = triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3)
 _SHORT_SPLIT_SLOTS = 512

@@ -730,7 +730,8 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
         "",
         f"Model: `{meta['model']}` in {_run_dtype(meta)}; "
         f"device: {meta['device']}; seed {meta['seed']}; "
-        f"{len({c.depth for c in cells})} depths; budget {meta['budget']} slots per layer and KV head; "
+        + (f"asked needle within {meta['jitter']} tokens of its depth (jitter); " if meta.get("jitter") else "")
+        + f"{len({c.depth for c in cells})} depths; budget {meta['budget']} slots per layer and KV head; "
         f"chunk {meta['chunk_size']}.",
         f"Haystack: {', '.join(r['repo'] + ' (' + str(r['tokens']) + ' tokens)' for r in meta['haystack']['repos'])}; "
         f"lengths above {meta['haystack']['tokens']} tokens repeat it.",

@@ -162,3 +162,14 @@ def test_model_dtype_names():
     assert model_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         model_dtype("int8", "cpu")
+
+
+def test_report_names_the_jitter_of_a_jittered_run(tmp_path):
+    """A jittered run's report says so (its depths are where the needles were aimed, not where
+    each one sits); one without --jitter says nothing about it."""
+    _write_run(tmp_path / "moved", [_cell(1.0, True)], jitter=2000)
+    _write_run(tmp_path / "fixed", [_cell(1.0, True)])
+    for name in ("moved", "fixed"):
+        assert main(["--merge", str(tmp_path / name), "--out", str(tmp_path / f"m_{name}")]) == 0
+    assert "within 2000 tokens of its depth" in (tmp_path / "m_moved" / "needle.md").read_text()
+    assert "jitter" not in (tmp_path / "m_fixed" / "needle.md").read_text()
