@@ -23,8 +23,9 @@ is a CPU tensor, to avoid a device sync per call).
 
 Trust: correctness is tested on CPU under the Triton interpreter (small sizes, fp32/bf16/fp16,
 head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a GPU is present
-(tests marked gpu, and the checks in benchmarks/bench_kernels.py). The autotune space is a
-guess for Hopper (H100/H200), not yet measured. The flat key loop of the split-K path measured
+(tests marked gpu, and the checks in benchmarks/bench_kernels.py). Prefill autotunes over
+three Hopper configs; the split-K path's flat loop takes its config from a rule measured on the
+H200 (`split_config`). The flat key loop of the split-K path measured
 1.01-1.21x faster than the per-range loop it replaced (`key_loop="ranges"`) on the H200
 (BENCHMARKS.md). The "fused" and "separate_pdl" merges are tested on CPU (where the interpreter
 runs programs one after another, so the last split always merges, and PDL is off) and passed the
