@@ -175,11 +175,16 @@ class Haystack:
 
     @classmethod
     def load(cls, path: str | Path) -> "Haystack":
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") != HAYSTACK_FORMAT:
-                raise ValueError(f"{path}: haystack format {meta.get('format')}, expected {HAYSTACK_FORMAT}")
-            return cls(z["token_ids"].astype(np.int64), z["bodies"], z["anchors"], meta)
+        """Raises ValueError, with the path, for a file that is missing or not a packed haystack."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = (z["token_ids"].astype(np.int64), z["bodies"], z["anchors"])
+        except (OSError, KeyError, EOFError, ValueError) as e:  # ValueError: not an .npz at all
+            raise ValueError(f"{path}: not a packed haystack ({str(e).splitlines()[0][:120]})") from None
+        if meta.get("format") != HAYSTACK_FORMAT:
+            raise ValueError(f"{path}: haystack format {meta.get('format')}, expected {HAYSTACK_FORMAT}")
+        return cls(*arrays, meta)
 
 
 def pack_haystack(repos: Sequence[str], tokenizer, exclude: Sequence[str] = (),
@@ -1017,7 +1022,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if args.pack_only:
             return fail("--pack-only needs --repo")
-        hay = Haystack.load(args.tokens)
+        try:
+            hay = Haystack.load(args.tokens)
+        except ValueError as e:
+            return fail(str(e))
     if hay.meta.get("tokenizer") != tokenizer_digest(tokenizer):
         return fail("the haystack was packed with another tokenizer than the model's")
     if args.out is None:
