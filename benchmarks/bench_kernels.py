@@ -393,8 +393,8 @@ def config_name(c):
     return f"N{c.kwargs['BLOCK_N']}w{c.num_warps}s{c.num_stages}"
 
 
-# Split-kernel configs the decode config sweep times: every config the flat loop can run and a few beside it
-# (a shallower/deeper pipeline, BLOCK_N 32, 8 warps).
+# Split-kernel configs the decode config sweep times: every config the flat loop can run and a
+# few beside it (a shallower/deeper pipeline, BLOCK_N 32, 8 warps).
 def sweep_configs():
     if SMOKE:
         return []
@@ -490,8 +490,9 @@ def bench_decode(n_slots, copy_gbps):
                 TA._MERGE_ELEMS = saved
         row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
-               "splits": planned, "ms_graph": ms_warm,
-               "split_config": config_name(TA.split_config(inp[1].shape[1], planned)), "ms_graph_cold": ms_cold,
+               "splits": planned,
+               "split_config": config_name(TA.split_config(inp[1].shape[1], planned)),
+               "ms_graph": ms_warm, "ms_graph_cold": ms_cold,
                "ms_graph_cold_hot_small": ms_cold_hot_small,
                "ms_eager": ms_eager, "GBps": nbytes / ms_warm / 1e6,
                "GBps_cold": nbytes / ms_cold / 1e6, "copy_GBps": copy_gbps,
@@ -512,8 +513,8 @@ def bench_decode(n_slots, copy_gbps):
         print(row, flush=True)
         swept = ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in sweep.items())
         print(f"decode {n_slots} slots {key_loop} {combine}: planned {planned} splits "
-              f"{ms_cold * 1e3:.1f} us cold ({ms_cold_hot_small * 1e3:.1f} with q and ranges hot); " + (f"sweep {swept} us; best {best}" if sweep
-                                                   else "no sweep"), flush=True)
+              f"{ms_cold * 1e3:.1f} us cold ({ms_cold_hot_small * 1e3:.1f} with q and ranges hot); "
+              + (f"sweep {swept} us; best {best}" if sweep else "no sweep"), flush=True)
         if merge_sweep:
             print(f"decode {n_slots} slots {key_loop} fused: merge elements sweep (cold) "
                   + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in merge_sweep.items()) + " us",
