@@ -17,8 +17,7 @@ First every kernel is checked against its PyTorch reference on the device at rea
   unfilled part of each tier between them), for both loops of the split-K kernel over the
   attended keys (`key_loop` "flat", used, and "ranges", the per-range loop it replaced) and
   the merges of the split partials (`combine` "separate": a second launch, the combine
-  kernel; "fused": the split arriving last merges, one launch; "separate_pdl": the combine
-  kernel launched early with programmatic dependent launch):
+  kernel; "separate_pdl": the combine kernel launched early with programmatic dependent launch):
   achieved bandwidth (K and V of all attended slots read
   once, plus the bias), timed in a CUDA graph (do_bench_cudagraph) two ways: warm (the same
   inputs every call: below the L2 size they stay in L2, as in the first measurements) and cold
@@ -64,13 +63,13 @@ def parse_args(argv=None):
                     help="decode: skip the forced split-count and config sweeps")
     ap.add_argument("--key-loop", action="append", choices=("flat", "ranges"), dest="key_loops",
                     help="decode: split-K key loop(s) to time (repeatable; default both)")
-    ap.add_argument("--combine", action="append", choices=("separate", "fused", "separate_pdl"),
+    ap.add_argument("--combine", action="append", choices=("separate", "separate_pdl"),
                     dest="combines",
                     help="decode: merge(s) of the split partials to time (repeatable; default all)")
     args = ap.parse_args(argv)
     args.only = tuple(x for x in SECTIONS if x in (args.only or SECTIONS))
     args.key_loops = tuple(args.key_loops or ("flat", "ranges"))
-    args.combines = tuple(args.combines or ("separate", "fused", "separate_pdl"))
+    args.combines = tuple(args.combines or ("separate", "separate_pdl"))
     return args
 
 
@@ -476,18 +475,6 @@ def bench_decode(n_slots, copy_gbps):
                                                            rep=20) / reps
                     except Exception as e:  # out of shared memory or registers on this card
                         print(f"config {config_name(c)}: {type(e).__name__}: {e}"[:200], flush=True)
-        # The fused merge's load size: [splits, 8 rows, 128] fp32 chunks of 8K elements (8
-        # splits: 5 dependent L2 round trips at 33 splits, 142 registers on sm_90) or 16K (16
-        # splits: 3 round trips, 216-248 registers, no spill).
-        merge_sweep = {}
-        if combine == "fused" and not ARGS.no_sweep and not SMOKE:
-            saved = TA._MERGE_ELEMS
-            try:
-                for elems in (8192, 16384):
-                    TA._MERGE_ELEMS = elems
-                    merge_sweep[elems] = timeit(rotating(call, copies), graph=True, rep=20) / reps
-            finally:
-                TA._MERGE_ELEMS = saved
         row = {"op": "decode", "key_loop": key_loop, "combine": combine, "slots": n_slots,
                "ranges": inp[4].tolist(), "cap": inp[1].shape[1], "bytes": nbytes,
                "splits": planned,
@@ -501,7 +488,7 @@ def bench_decode(n_slots, copy_gbps):
                "copy_same_GBps_cold": nbytes / cp_cold / 1e6,
                "launch_floor_ms": ln_cold,
                "cold_copies": reps, "sweep_ms_cold": sweep, "best_splits": best,
-               "config_sweep_ms_cold": cfg_sweep, "merge_elems_sweep_ms_cold": merge_sweep,
+               "config_sweep_ms_cold": cfg_sweep,
                "best_ms_cold": sweep.get(best, ms_cold),
                "sdpa_ms_graph": ms_sdpa, "sdpa_GBps": 2 * HKV * n_slots * D * 2 / ms_sdpa / 1e6}
         row["frac_of_copy"] = row["GBps"] / copy_gbps
@@ -515,10 +502,6 @@ def bench_decode(n_slots, copy_gbps):
         print(f"decode {n_slots} slots {key_loop} {combine}: planned {planned} splits "
               f"{ms_cold * 1e3:.1f} us cold ({ms_cold_hot_small * 1e3:.1f} with q and ranges hot); "
               + (f"sweep {swept} us; best {best}" if sweep else "no sweep"), flush=True)
-        if merge_sweep:
-            print(f"decode {n_slots} slots {key_loop} fused: merge elements sweep (cold) "
-                  + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in merge_sweep.items()) + " us",
-                  flush=True)
         if cfg_sweep:
             print(f"decode {n_slots} slots {key_loop} {combine}: config sweep (cold, {planned} "
                   "splits) " + ", ".join(f"{k}: {v * 1e3:.1f}" for k, v in cfg_sweep.items())
@@ -530,11 +513,10 @@ def bench_decode(n_slots, copy_gbps):
              for (k, c), r in rows.items()]
     line = f"decode {n_slots} slots, cold, planned {planned} splits: " + "; ".join(parts)
     sep = rows.get(("flat", "separate"))
-    for other in ("fused", "separate_pdl"):
-        r = rows.get(("flat", other))
-        if sep and r:
-            line += (f"; flat {other}/separate cold {r['ms_graph_cold'] / sep['ms_graph_cold']:.2f}"
-                     f", warm {r['ms_graph'] / sep['ms_graph']:.2f}")
+    pdl = rows.get(("flat", "separate_pdl"))
+    if sep and pdl:
+        line += (f"; flat separate_pdl/separate cold {pdl['ms_graph_cold'] / sep['ms_graph_cold']:.2f}"
+                 f", warm {pdl['ms_graph'] / sep['ms_graph']:.2f}")
     line += (f"; same-size copy cold {cp_cold * 1e3:.1f} us; "
              f"launch floor (empty grid) {ln_cold * 1e3:.1f} us; "
              f"SDPA warm {ms_sdpa * 1e3:.1f} us")
@@ -652,7 +634,7 @@ def main():
         print("flat split config per decode size (the rule): " + ", ".join(
             f"{r['slots']}: {r['split_config']}" for r in dec if r["key_loop"] == "flat"), flush=True)
         tuned = getattr(TA._split_ranges_fwd, "cache", {})
-        print("split-K autotune choices, ranges (key ends with FUSED when fused): "
+        print("split-K autotune choices, ranges: "
               f"{[(k, str(v)) for k, v in tuned.items()]}", flush=True)
     for m, n in (score if "score" in ARGS.only else []):
         bench_score(m, n)

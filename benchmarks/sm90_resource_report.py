@@ -41,7 +41,7 @@ def report(fn, types, consts, num_warps, num_stages, not_divisible=()):
     k = compile_sm90(fn, types, consts, num_warps, num_stages, not_divisible)
     ptx = k.asm["ptx"]
     shown = {c: v for c, v in consts.items()
-             if c.startswith("BLOCK") or c in ("SPLIT", "FLAT_KEYS", "FUSED")}
+             if c.startswith("BLOCK") or c in ("SPLIT", "FLAT_KEYS")}
     print(f"{fn.__name__} {shown} w{num_warps} s{num_stages}: smem {k.metadata.shared} B, "
           f"{resources(k.asm['cubin'])}, wgmma {'wgmma' in ptx}, cp.async {'cp.async' in ptx}, "
           f"compile {time.time() - t0:.1f} s", flush=True)
@@ -51,24 +51,20 @@ def main():
     bf16 = "*bf16"
     fwd_types = dict(Q=bf16, K=bf16, V=bf16, KN=bf16, VN=bf16, OUT=bf16, BIAS="*fp32",
                      O_PART="*fp32", LSE_PART="*fp32", LSE="*fp32", RANGES="*i32",
-                     COUNTERS="*i32", sm_scale="fp32")
+                     sm_scale="fp32")
     base = dict(GROUP=7, HEAD_DIM=128, INPUT_PRECISION="tf32")
     # Every constexpr is given (ASTSource does not apply the kernel's defaults).
-    fwd = dict(base, RANGES_PAD=8, WITH_NEW=True, FUSED=False, MERGE_ROWS=8, MERGE_SPLITS=8)
+    fwd = dict(base, RANGES_PAD=8, WITH_NEW=True, LAUNCH_DEPENDENTS=False)
     for c in TA._PREFILL_CONFIGS:
         report(TA.ssa_attn_fwd_kernel, fwd_types, dict(fwd, SPLIT=False, FLAT_KEYS=False, **c.kwargs),
                c.num_warps, c.num_stages)
-    # The split-K path: the flat key loop (used) and the per-range loop (kept to compare); the
-    # flat loop also with the fused merge (decode: 8 rows x 8 splits a chunk; BLOCK_M 64: 16 x 4).
+    # The split-K path: the flat key loop (used) and the per-range loop (kept to compare).
     for flat, configs in ((True, TA._SPLIT_CONFIGS), (False, TA._SPLIT_RANGES_CONFIGS)):
         for c in configs:
             for block_m in (16, 64):
-                for fused in ((False, True) if flat else (False,)):
-                    merge = dict(FUSED=fused, MERGE_ROWS=8 if block_m == 16 else 16,
-                                 MERGE_SPLITS=8 if block_m == 16 else 4)
-                    report(TA.ssa_attn_fwd_kernel, fwd_types,
-                           dict(fwd, SPLIT=True, FLAT_KEYS=flat, BLOCK_M=block_m, **merge,
-                                **c.kwargs), c.num_warps, c.num_stages)
+                report(TA.ssa_attn_fwd_kernel, fwd_types,
+                       dict(fwd, SPLIT=True, FLAT_KEYS=flat, BLOCK_M=block_m, **c.kwargs),
+                       c.num_warps, c.num_stages)
     report(TA.ssa_attn_combine_kernel, dict(O_PART="*fp32", LSE_PART="*fp32", OUT=bf16, LSE="*fp32"),
            dict(HEAD_DIM=128, SPLITS_PAD=128, SPLIT_BLOCK=16, INTERP=False), 4, 3)
     report(TA.ssa_attn_mass_kernel,

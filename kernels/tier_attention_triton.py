@@ -10,10 +10,8 @@ short chunks use split-K over the attended keys (flash-decoding, Dao et al. 2023
 takes an equal share of the flattened key index (all ranges concatenated), walks it in one loop
 of tiles whose rows are gathered from their slots (as paged attention gathers pages), and writes
 a partial (out, lse) in fp32. The partials are merged (`combine`) by a small combine kernel
-("separate"), by the same kernel launched early with programmatic dependent launch
-("separate_pdl", the default; "separate" where PDL is unavailable), or by the split program that
-arrives last at a per-(row block, KV head) counter ("fused": the "last block" pattern of CUDA's
-threadFenceReduction sample, one launch).
+("separate") or by the same kernel launched early with programmatic dependent launch
+("separate_pdl", the default; "separate" where PDL is unavailable).
 
 Contract details (see docs/INTERFACES.md): ranges are read straight from the buffer (no
 gathered copy); a slot whose bias is -inf contributes nothing, provided its K/V hold finite
@@ -27,11 +25,9 @@ head_dim 64/128) and against the PyTorch reference at real sizes on CUDA when a 
 three Hopper configs; the split-K path's flat loop takes its config from a rule measured on the
 H200 (`split_config`). The flat key loop of the split-K path measured
 1.01-1.21x faster than the per-range loop it replaced (`key_loop="ranges"`) on the H200
-(BENCHMARKS.md). The "fused" and "separate_pdl" merges are tested on CPU (where the interpreter
-runs programs one after another, so the last split always merges, and PDL is off) and passed the
-decode tests on the H200 (repeated launches, graph replays). Timed on the H200 (BENCHMARKS.md):
-"separate_pdl" is the fastest at every size (0.3-0.7 us ahead of "separate"), "fused" 1.3-2.5x
-slower than both, like the earlier one-launch merge (benchmarks/KERNELS_NOTES.md).
+(BENCHMARKS.md). "separate_pdl" runs as "separate" on CPU (no PDL under the interpreter) and
+passed the decode tests on the H200 (repeated launches, graph replays), where it is the faster
+merge at every size (0.3-0.7 us ahead of "separate"; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -85,63 +81,14 @@ def _attn_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias_l2, qk_scale,
 
 
 @triton.jit
-def _merge_partials(O_PART, LSE_PART, OUT, LSE, row0, n_rows, kvh, M, N_Q, NUM_SPLITS,
-                    stride_oh, stride_om, stride_lh,
-                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    MERGE_ROWS: tl.constexpr, MERGE_SPLITS: tl.constexpr, INTERP: tl.constexpr):
-    """Merges the NUM_SPLITS partial (out, lse) of rows [row0, row0 + BLOCK_M) of KV head `kvh`
-    into OUT/LSE (flash-decoding's combine, run by the split that arrives last). Partials are
-    read [MERGE_SPLITS, MERGE_ROWS, HEAD_DIM] at a time with an online rescale across chunks,
-    so a decode block (7 rows, 33 splits) costs ceil(33 / MERGE_SPLITS) L2 round trips."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_s = tl.arange(0, MERGE_SPLITS)
-    row_end = tl.minimum(row0 + BLOCK_M, n_rows)
-    for r0 in range(row0, row_end, MERGE_ROWS):
-        rows = r0 + tl.arange(0, MERGE_ROWS)
-        row_ok = rows < row_end
-        rows_c = tl.minimum(rows, row_end - 1)
-        head = kvh * GROUP + rows_c // M
-        qm = rows_c % M
-        prow = head.to(tl.int64) * M + qm
-        # Finite start: chunks of empty splits (lse -inf) then weigh exp(-inf) = 0, not NaN.
-        m_run = tl.full([MERGE_ROWS], -1.0e30, dtype=tl.float32)
-        den = tl.zeros([MERGE_ROWS], dtype=tl.float32)
-        acc = tl.zeros([MERGE_ROWS, HEAD_DIM], dtype=tl.float32)
-        for s0 in range(0, NUM_SPLITS, MERGE_SPLITS):
-            s = s0 + offs_s
-            s_ok = s < NUM_SPLITS
-            idx = s.to(tl.int64)[:, None] * N_Q + prow[None, :]
-            # .cg: through L2, never a stale L1 line (the partials come from other SMs).
-            lse_b = tl.load(LSE_PART + idx, mask=s_ok[:, None], other=float("-inf"),
-                            cache_modifier=".cg")
-            o_b = tl.load(O_PART + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                          mask=s_ok[:, None, None], other=0.0, cache_modifier=".cg")
-            m_new = tl.maximum(m_run, tl.max(lse_b, 0))
-            alpha = tl.exp(m_run - m_new)
-            w = tl.exp(lse_b - m_new[None, :])
-            den = den * alpha + tl.sum(w, 0)
-            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o_b, 0)
-            m_run = m_new
-        # A row no split saw a key for (WITH_NEW off) has den 0: out 0, lse -inf, as unfused.
-        seen = den > 0.0
-        o = acc / tl.where(seen, den, 1.0)[:, None]
-        tl.store(OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om
-                 + offs_d[None, :], cast(o, OUT.dtype.element_ty, INTERP), mask=row_ok[:, None])
-        tl.store(LSE + head.to(tl.int64) * stride_lh + qm,
-                 tl.where(seen, m_run + tl.log(tl.where(seen, den, 1.0)), float("-inf")),
-                 mask=row_ok)
-
-
-@triton.jit
 def ssa_attn_fwd_kernel(
-    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART, COUNTERS,
+    Q, K, V, BIAS, RANGES, KN, VN, OUT, LSE, O_PART, LSE_PART,
     sm_scale, M, N_RANGES, NUM_SPLITS,
     stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn, stride_bh,
     stride_knh, stride_knm, stride_vnh, stride_vnm, stride_oh, stride_om, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True, FUSED: tl.constexpr = False,
-    MERGE_ROWS: tl.constexpr = 8, MERGE_SPLITS: tl.constexpr = 8,
+    INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
     LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
@@ -156,13 +103,8 @@ def ssa_attn_fwd_kernel(
     are gathered (each row HEAD_DIM contiguous elements), as in paged attention. Otherwise one
     loop per range (the prefill path, and the split path's previous form, kept to compare).
 
-    SPLIT: each program writes its partial (out, lse) to O_PART/LSE_PART. FUSED: it then takes a
-    ticket (acq_rel atomic add) on the int32 counter of its (row block, KV head) in COUNTERS;
-    the program drawing the last ticket merges the block's partials into OUT/LSE and puts the
-    counter back to 0 for the next launch or graph replay (the "last block" pattern of CUDA's
-    threadFenceReduction sample and of serial split-K GEMMs). Otherwise a combine kernel merges.
-    Ordering: all threads' partial stores, then a CTA barrier, then one thread's release (the
-    atomic); the merging program reads after its acquire, through L2.
+    SPLIT: each program writes its partial (out, lse) to O_PART/LSE_PART, which the combine
+    kernel merges.
 
     LAUNCH_DEPENDENTS (combine "separate_pdl"): lets the combine kernel, launched with
     programmatic dependent launch, start now; it waits (griddepcontrol.wait) for this grid to
@@ -281,18 +223,6 @@ def ssa_attn_fwd_kernel(
         prow = split.to(tl.int64) * n_q + head.to(tl.int64) * M + qm
         tl.store(O_PART + prow[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
         tl.store(LSE_PART + prow, lse, mask=row_ok)
-        if FUSED:
-            # Every thread of the program has stored before its one atomic is issued.
-            tl.debug_barrier()
-            counter = COUNTERS + pid_m * tl.num_programs(1) + kvh
-            ticket = tl.atomic_add(counter, 1, sem="acq_rel")
-            if ticket == NUM_SPLITS - 1:
-                _merge_partials(O_PART, LSE_PART, OUT, LSE, pid_m * BLOCK_M, n_rows, kvh, M, n_q,
-                                NUM_SPLITS, stride_oh, stride_om, stride_lh, GROUP, HEAD_DIM,
-                                BLOCK_M, MERGE_ROWS, MERGE_SPLITS, INPUT_PRECISION == "interp")
-                # All splits of the block have drawn their tickets and the next launch is
-                # ordered after this one on the stream: a relaxed write suffices.
-                tl.atomic_xchg(counter, 0, sem="relaxed")
     else:
         o_ptrs = OUT + head[:, None].to(tl.int64) * stride_oh + qm[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, cast(o, OUT.dtype.element_ty, INPUT_PRECISION == "interp"), mask=row_ok[:, None])
@@ -463,30 +393,26 @@ def split_config(cap: int, splits: int) -> triton.Config:
 _prefill_fwd = triton.autotune(_PREFILL_CONFIGS, key=["GROUP", "HEAD_DIM", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
 _split_ranges_fwd = triton.autotune(
-    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION", "FUSED"])(
+    _SPLIT_RANGES_CONFIGS, key=["GROUP", "HEAD_DIM", "BLOCK_M", "INPUT_PRECISION"])(
     ssa_attn_fwd_kernel)
 # How the split-K path walks the buffer keys: "flat" (one loop over the flattened key index) or
 # "ranges" (one loop per range, the form measured before it; kept for benchmarks/bench_kernels.py).
 KEY_LOOPS = ("flat", "ranges")
-# How the split-K partials are merged: "separate" (a second launch, the combine kernel),
+# How the split-K partials are merged: "separate" (a second launch, the combine kernel) or
 # "separate_pdl" (the same combine kernel launched with programmatic dependent launch, its launch
 # overlapping the split kernel; Hopper and later, run as "separate" under the interpreter and on
-# GPUs without it) or "fused" (the split arriving last merges, one launch).
-# Measured on the H200 (benchmarks/results/bench_kernels_decode_merges_h200.json, 33 splits,
-# cold, CUDA graph): separate_pdl 10.9 / 12.5 / 14.3 / 23.0 / 38.3 / 68.8 us at 8K / 12416 /
-# 16K / 32K / 64K / 128K slots, separate 0.3-0.7 us slower at every size (11.5 ... 69.1 us),
-# fused 1.3-2.5x slower (28.6 ... 90.2 us; an earlier one-launch merge, commit 8052445, was
-# slow in the same way). Hence the default.
-COMBINES = ("separate", "fused", "separate_pdl")
+# GPUs without it). Measured on the H200 (benchmarks/results/bench_kernels_decode_merges_h200.json,
+# 33 splits, cold, CUDA graph): separate_pdl 10.9 / 12.5 / 14.3 / 23.0 / 38.3 / 68.8 us at 8K /
+# 12416 / 16K / 32K / 64K / 128K slots, separate 0.3-0.7 us slower at every size. A third form,
+# "fused" (the split program drawing the last ticket of an atomic counter merges, one launch),
+# was 1.3-2.5x slower at every size in two designs (commits 8052445 and 221ad0c): one program
+# per KV head reading every partial from L2 is slower than a combine grid of Hq programs. It was
+# removed after the tenth session (last present in commit 2b52884).
+COMBINES = ("separate", "separate_pdl")
 DEFAULT_COMBINE = "separate_pdl"
 # Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
 # 4 warps for D 128); more go through its chunked loop.
 _COMBINE_SPLITS = 64
-# Partials the fused merge loads at once: [MERGE_SPLITS, MERGE_ROWS, D] fp32 up to this many
-# elements (64 KB: 16 splits x 8 rows x 128, 3 dependent loads at 33 splits). Measured on the
-# H200 (same file as above): 16K elements 8.4-8.6 us faster than 8K at every size from 8K to
-# 128K slots (20.2 against 28.7 us at 8K); offline sm_90: 216-248 registers, no spill.
-_MERGE_ELEMS = 16384
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -563,34 +489,6 @@ def pdl_supported(device: torch.device) -> bool:
     return _PDL[key]
 
 
-_COUNTERS: dict = {}
-_RETIRED_COUNTERS: list = []
-
-
-def split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """The fused merge's tickets: int32, one per (row block, KV head), zero between launches
-    (the merging program resets its counter), cached per device and grown when a launch needs
-    more. Launches on one stream and CUDA-graph replays run one after the other and may share
-    it; two launches running at once on two streams of one device would draw each other's
-    tickets (not supported). The buffer is allocated outside graph capture: make one call at
-    these sizes before capturing (the autotuner needs one anyway)."""
-    index = device.index
-    if device.type == "cuda" and index is None:
-        index = torch.cuda.current_device()
-    key = (device.type, index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("tier_attention: the fused split-K counters must be allocated "
-                               "before CUDA graph capture; make one call at these sizes first")
-        buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        # A smaller buffer replaced here may be baked into a captured CUDA graph: never free it.
-        if key in _COUNTERS:
-            _RETIRED_COUNTERS.append(_COUNTERS[key])
-        _COUNTERS[key] = buf
-    return buf
-
-
 def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_splits=None,
                        key_loop="flat", with_new=True, combine=None):
     """Host launcher. Shapes as in `tier_attention`; all tensors on one device, last dim
@@ -637,23 +535,14 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     if splits == 1:
         dummy = out
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, 1)
-        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy, lse,
+        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, dummy, dummy,
                      float(scale), m, n_ranges, 1, *strides, SPLIT=False, **consts)
         return out, lse
     o_part = alloc((splits, hq, m, d), torch.float32, dev)
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
-    if (combine or DEFAULT_COMBINE) == "fused":
-        # BLOCK_M is fixed by the host on the split path (plan_splits), so the counter count is.
-        counters = split_counters(dev, triton.cdiv(n_rows, block_m) * hkv)
-        merge_rows = min(block_m, _pow2(n_rows), 16)
-        merge_splits = max(1, min(_pow2(splits), _MERGE_ELEMS // (merge_rows * d)))
-        launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
-                     counters, float(scale), m, n_ranges, splits, *strides, SPLIT=True,
-                     FUSED=True, MERGE_ROWS=merge_rows, MERGE_SPLITS=merge_splits, **consts)
-        return out, lse
     pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and pdl_supported(dev)
-    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part, lse,
+    launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True,
                  **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)
     ssa_attn_combine_kernel[(hq * m,)](
@@ -677,9 +566,8 @@ def tier_attention(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_split
     `num_splits` forces the split-K count (tests, benchmark sweeps); `key_loop` "ranges" runs
     the split-K path's previous per-range loop (benchmark comparison); `with_new=False` leaves
     the chunk's own keys out (k_new, v_new then only give M); `combine` (one of COMBINES, None:
-    DEFAULT_COMBINE) picks how split-K partials are merged: "separate" (combine kernel),
-    "separate_pdl" (the same, launched with programmatic dependent launch) or "fused" (the
-    split kernel's last-arriving program; see `split_counters` for its one-stream rule).
+    DEFAULT_COMBINE) picks how split-K partials are merged: "separate" (combine kernel) or
+    "separate_pdl" (the same, launched with programmatic dependent launch).
     """
     from .tier_attention_ref import check_tier_attention_args
 

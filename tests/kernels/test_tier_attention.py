@@ -15,11 +15,11 @@ import ssa_code.kernels as K
 from ssa_code.kernels.tier_attention_ref import tier_attention_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# How split-K partials are merged: a second (combine) launch, or the split that arrives last;
-# "separate_pdl" (the combine launched early with programmatic dependent launch) is the
-# "separate" path under the interpreter, so it is run on CUDA only except in one test.
-COMBINES = ["separate", "fused"] + (["separate_pdl"] if HAS_CUDA else [])
-ALL_COMBINES = ["separate", "fused", "separate_pdl"]
+# How split-K partials are merged: a second (combine) launch; "separate_pdl" (the combine
+# launched early with programmatic dependent launch) is the "separate" path under the
+# interpreter, so it is run on CUDA only except in one test.
+COMBINES = ["separate"] + (["separate_pdl"] if HAS_CUDA else [])
+ALL_COMBINES = ["separate", "separate_pdl"]
 
 # (hq, hkv, m, cap, d, ranges, summaries, masked, num_splits): small sizes for the interpreter.
 CPU_CASES = {
@@ -75,7 +75,7 @@ def test_tier_attention_matches_reference(device, case, dtype, combine):
         # configs): float16 is covered at real sizes by the cuda cases, on every kernel path.
         pytest.skip("compile time: float16 is covered at real sizes by the cuda cases")
     hq, hkv, m, cap, d, ranges, summaries, masked, splits = _cases(device)[case]
-    if combine == "fused" and not _takes_split_path(hq, hkv, m, cap, splits, on(device)):
+    if combine != "separate" and not _takes_split_path(hq, hkv, m, cap, splits, on(device)):
         pytest.skip("no split-K partials to merge: the combine mode does not apply")
     inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, dtype, on(device),
                               seed=zlib.crc32(case.encode()), summaries=summaries, masked=masked)
@@ -96,8 +96,7 @@ def test_tier_attention_matches_reference(device, case, dtype, combine):
 @pytest.mark.parametrize("combine", ALL_COMBINES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_split_count_does_not_change_the_result(device, combine):
-    """Split-K partials merged (combine kernel, or the last split) equal the single-pass result
-    to rounding."""
+    """Split-K partials merged by the combine kernel equal the single-pass result to rounding."""
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
     cap = 300 if device == "small" else 20000
@@ -205,16 +204,14 @@ SPLIT_CASES = {
 }
 
 
-# 70 splits: more than the combine kernel merges from one load (64) and several chunks of the
-# fused merge.
+# 70 splits: more than the combine kernel merges from one load (64).
 @pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("splits", [1, 2, 5, 16, 70])
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
 def test_split_k_merge(case, splits, combine):
-    """Forced split counts through the split-K path (partials + combine kernel or fused merge):
-    within the 2x-of-PyTorch rule, every output written (outputs and partials start as NaN, so
-    a fused launch whose last split did not merge fails), and a second launch gives the same
-    bits (the fused counters were reset)."""
+    """Forced split counts through the split-K path (partials + combine kernel): within the
+    2x-of-PyTorch rule, every output written (outputs and partials start as NaN, so a split or a
+    row never written fails), and a second launch gives the same bits."""
     from ssa_code.kernels.tier_attention_triton import tier_attention
 
     hq, hkv, m, cap, d, ranges, summaries, masked = SPLIT_CASES[case]
@@ -242,9 +239,8 @@ def test_split_k_merge(case, splits, combine):
 @pytest.mark.parametrize("combine", COMBINES)
 def test_split_k_is_repeatable_and_graph_safe(combine):
     """Both merges sum splits in index order, so every launch (eager, or replayed from a CUDA
-    graph, as plain decode steps are) gives the same bits, whichever split arrives last; the
-    fused merge leaves its counters at zero. Graphs are captured on a side stream, with the
-    fused path allocating nothing during capture."""
+    graph, as plain decode steps are) gives the same bits, whichever split finishes last.
+    Graphs are captured on a side stream."""
     from ssa_code.kernels import tier_attention_triton as TA
 
     inputs = make_tier_inputs(28, 4, 1, 12000, 128, [[0, 64], [64, 4100], [5000, 11999]],
@@ -262,9 +258,6 @@ def test_split_k_is_repeatable_and_graph_safe(combine):
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(g_o, ref_o) and torch.equal(g_l, ref_l), f"{splits} splits: graph"
-        if combine == "fused":
-            counters = TA.split_counters(torch.device("cuda"), 1)
-            assert int(counters.abs().sum()) == 0, "fused merge left a counter set"
 
 
 # The flat key loop of the split-K path: split s takes flat keys [s * per, (s + 1) * per) of the
@@ -388,7 +381,7 @@ def test_two_passes_merged_equal_one_pass(device, m, splits, combine):
     one_o, one_l = tier_attention(q, kb, vb, bias, r, kn, vn, scale)
     first = torch.tensor([[0, 20], [100, 150]], dtype=torch.int32, device=q.device)
     second = torch.tensor([[30, 90]], dtype=torch.int32, device=q.device)
-    if combine == "fused" and splits == 1:
+    if combine != "separate" and splits == 1:
         pytest.skip("one split: no partials to merge")
     a_o, a_l = tier_attention(q, kb, vb, bias, first, kn, vn, scale, num_splits=splits,
                               combine=combine)
@@ -414,26 +407,23 @@ def test_two_passes_merged_equal_one_pass(device, m, splits, combine):
 
 @pytest.mark.parametrize("with_new", [True, False])
 @pytest.mark.parametrize("splits", [2, 7])
-def test_fused_merge_empty_tier(splits, with_new):
-    """Decode over an empty tier (no range at all) through the fused merge: every split is
-    empty; with the chunk's key the last split alone decides, without it every row saw no key
-    (out 0, lse -inf, as the combine kernel gives). The counters are back at zero after."""
+def test_split_k_empty_tier(splits, with_new):
+    """Decode over an empty tier (no range at all) through the split-K path: every split holds
+    no buffer key; with the chunk's key the last split alone decides, without it every row saw
+    no key (out 0, lse -inf, not NaN)."""
     from ssa_code.kernels import tier_attention_triton as TA
 
     q, kb, vb, bias, _, kn, vn = make_tier_inputs(14, 2, 1, 40, 64, [[0, 10]], torch.bfloat16,
                                                   on("small"), seed=21)
     none = torch.zeros(0, 2, dtype=torch.int32, device=q.device)
     args = (q, kb, vb, bias, none, kn, vn, 0.125)
-    f_o, f_l = TA.tier_attention(*args, num_splits=splits, with_new=with_new, combine="fused")
-    s_o, s_l = TA.tier_attention(*args, num_splits=splits, with_new=with_new, combine="separate")
+    o, lse = TA.tier_attention(*args, num_splits=splits, with_new=with_new)
     if with_new:
         gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(),
                                             none, kn.double(), vn.double(), 0.125,
                                             compute_dtype=torch.float64, out_dtype=torch.float64)
         pt_o, _ = tier_attention_ref(*args, compute_dtype=torch.bfloat16)
-        assert_close_to_gold("empty tier fused out", f_o, gold_o, pt_o)
-        torch.testing.assert_close(f_l.double(), gold_l.double(), atol=1e-5, rtol=1e-5)
+        assert_close_to_gold("empty tier out", o, gold_o, pt_o)
+        torch.testing.assert_close(lse.double(), gold_l.double(), atol=1e-5, rtol=1e-5)
     else:
-        assert torch.isneginf(f_l).all() and (f_o == 0).all()
-    assert torch.equal(f_o, s_o) and torch.equal(f_l, s_l)
-    assert int(TA.split_counters(q.device, 1).abs().sum()) == 0, "a counter was left set"
+        assert torch.isneginf(lse).all() and (o == 0).all()
