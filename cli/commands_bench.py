@@ -19,8 +19,8 @@ app.add_typer(bench_app, name="bench")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _run(main, args: list[str]) -> None:
-    code = main(args)
+def _run(main, args: list[str], prog: str) -> None:
+    code = main(args, prog=prog)
     if code:
         raise typer.Exit(code)
 
@@ -30,7 +30,7 @@ def needle(ctx: typer.Context) -> None:
     """Needle in a haystack of packed code, every method side by side (--help for the options)."""
     from ssa_code.bench import needle as bench
 
-    _run(bench.main, ctx.args)
+    _run(bench.main, ctx.args, "ssa-code bench needle")
 
 
 @bench_app.command("pool", context_settings=_PASS_THROUGH, add_help_option=False)
@@ -38,4 +38,4 @@ def pool(ctx: typer.Context) -> None:
     """Pool needle reports of several seeds: accuracy with 95% intervals, methods cell by cell."""
     from ssa_code.bench import needle_pool
 
-    _run(needle_pool.main, ctx.args)
+    _run(needle_pool.main, ctx.args, "ssa-code bench pool")

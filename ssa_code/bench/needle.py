@@ -930,10 +930,10 @@ def parse_lengths(text: str) -> list[int]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from ssa_code.models import TINY_MODEL_DIR
 
-    ap = argparse.ArgumentParser(prog="python -m ssa_code.bench.needle", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=prog or "python -m ssa_code.bench.needle", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--repo", action="append", help="git repository to pack as the haystack (repeatable)")
     src.add_argument("--tokens", type=Path, help="haystack written by --pack-only")

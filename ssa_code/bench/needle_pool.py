@@ -131,8 +131,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ssa_code.bench.needle_pool",
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog or "python -m ssa_code.bench.needle_pool",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("reports", nargs="+", type=Path, metavar="DIR",
                     help="folders holding a needle.json (a run or a merged report), one per seed")

@@ -25,6 +25,7 @@ def one_line_error(result) -> str:
 def test_bench_needle_passes_help_and_refuses_a_missing_or_bad_haystack(tmp_path):
     result = invoke("bench", "needle", "--help")
     assert result.exit_code == 0 and "--tokens" in result.stdout and "--jitter" in result.stdout
+    assert result.stdout.startswith("usage: ssa-code bench needle")
     assert "x.npz: not a packed haystack" in one_line_error(
         invoke("bench", "needle", "--tokens", str(tmp_path / "x.npz"), "--out", str(tmp_path / "o")))
     (tmp_path / "junk.npz").write_text("not numpy\n")
