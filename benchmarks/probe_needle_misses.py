@@ -7,7 +7,12 @@
 2. ``dtypes``: one stretch of the haystack through the model in float32, float16 and bfloat16:
    how often the next-token argmax agrees with float32's, the largest logit error, and the
    largest activation in float32 (float16's range ends at 65504).
-3. ``spot`` (``--spot SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS``, a cell of the benchmark): the
+3. ``key sets`` (``--key-cells SEED:LENGTH:KEYS:DEPTH_INDEX,...``, multi-key cells of the
+   benchmark): each cell's own needles (keys and values, the asked one asked) planted in short
+   prompts at ``--depths`` x ``--lengths``, answered densely. Wrong here too: the model cannot
+   tell those keys apart even in its trained range, and the 1M miss is the model's, not the
+   method's; the answers show which needle's value it gave.
+4. ``spot`` (``--spot SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS``, a cell of the benchmark): the
    missed needle's own surroundings in that cell's prompt (``--spot-windows`` BEFORE+AFTER
    tokens around the planted line, then the prompt's last TAIL tokens before the cue), short
    enough for the trained range, answered densely for the ``--misses`` and ``--controls``
@@ -19,6 +24,8 @@ Usage (repository root; the haystack file as in BENCHMARKS.md)::
         --controls t7itek5l,vuvnyan7,n59yn019,h5bo56pn,pr4gp0sr,2as2ujab,vii6ckxb,qsw7mnte --out OUT.json
     .venv/bin/python benchmarks/probe_needle_misses.py --spot 1:1048576:1:15:20 --misses 2as2ujab,bunug98q \
         --controls qw7b3pdk,hx4py8gp,an0rlyke,i2iiaann,kksum8nl,mytbx0kj --dtype-tokens 0 --out OUT.json
+    .venv/bin/python benchmarks/probe_needle_misses.py --key-cells 3:1048576:4:2,3:1048576:4:7 \
+        --dtype-tokens 0 --out OUT.json
 """
 
 from __future__ import annotations
@@ -88,6 +95,42 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     return out
 
 
+def check_key_cells(model, tokenizer, hay, cells: list[str], depths: list[float],
+                    lengths: list[int]) -> dict:
+    """Per benchmark cell ``SEED:LENGTH:KEYS:DEPTH_INDEX``: its needles (as the benchmark draws
+    them) in ``depths x lengths`` short prompts, answered densely; each answer counts as
+    ``right`` (the asked value), ``other_needle`` (another needle's value) or ``no_needle``."""
+    from ssa_code.bench.needle import build_prompt, encode, make_needles
+    from ssa_code.bench.synthetic import LineBoundaries
+
+    lines = LineBoundaries(tokenizer)
+    out = {}
+    for cell in cells:
+        seed, length, keys, di = (int(x) for x in cell.split(":"))
+        needles, asked = make_needles(random.Random(f"{seed}:{length}:{keys}:{di}"), keys)
+        want = needles[asked].value
+        tally = {"right": 0, "other_needle": 0, "no_needle": 0}
+        answers = []
+        for depth in depths:
+            for n in lengths:
+                rng = random.Random(f"probe-keys:{cell}:{depth}:{n}")
+                p = build_prompt(hay, lines, tokenizer, n, depth, needles, asked, rng)
+                ids = torch.from_numpy(p.ids)[None]
+                with torch.no_grad():
+                    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         do_sample=False, max_new_tokens=len(encode(tokenizer, want)) + 1)
+                text = tokenizer.decode(gen[0, ids.shape[1]:])
+                kind = ("right" if text.startswith(want) else "other_needle"
+                        if any(text.startswith(x.value) for x in needles) else "no_needle")
+                tally[kind] += 1
+                answers.append(text.split('"')[0])
+        out[cell] = {"keys": [x.key for x in needles], "asked": needles[asked].key, "value": want,
+                     **tally, "prompts": len(depths) * len(lengths), "answers": answers}
+        print(f"key cell {cell} ({needles[asked].key} of {', '.join(x.key for x in needles)}): "
+              f"{tally}", flush=True)
+    return out
+
+
 def check_dtypes(model_dir: Path, hay, start: int, length: int) -> dict:
     """Argmax agreement and logit error of float16 and bfloat16 against float32 on one stretch."""
     from transformers import AutoModelForCausalLM
@@ -133,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype-start", type=int, default=50000)
     ap.add_argument("--spot", metavar="SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS",
                     help="check the values at this benchmark cell's needle spot instead of at --depths")
+    ap.add_argument("--key-cells", default="", metavar="SEED:LENGTH:KEYS:DEPTH_INDEX,...",
+                    help="check these multi-key benchmark cells' own needles in short prompts")
     ap.add_argument("--spot-windows", default="1000:1000:0,1500:500:1500,600:200:1500",
                     help="BEFORE:AFTER:TAIL token windows of the spot check")
     ap.add_argument("--tokens", type=Path, default=Path("bench_data/haystack_stdlib.npz"))
@@ -156,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--spot-windows must be BEFORE:AFTER:TAIL token counts, got {args.spot_windows!r}")
         if args.spot and (len(args.spot.split(":")) != 5 or not all(x.isdigit() for x in args.spot.split(":"))):
             raise ValueError(f"--spot must be SEED:LENGTH:KEYS:DEPTH_INDEX:DEPTHS, got {args.spot!r}")
+        key_cells = [c for c in args.key_cells.split(",") if c]
+        for c in key_cells:
+            parts = c.split(":")
+            if len(parts) != 4 or not all(x.isdigit() for x in parts) or int(parts[2]) < 2:
+                raise ValueError(f"--key-cells takes SEED:LENGTH:KEYS:DEPTH_INDEX with KEYS >= 2, got {c!r}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -172,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             report[kind] = check_spot(model, tokenizer, hay, args.spot, values, windows)
         else:
             report[kind] = check_values(model, tokenizer, hay, values, depths, lengths)
+    if key_cells:
+        report["key_cells"] = check_key_cells(model, tokenizer, hay, key_cells, depths, lengths)
     if args.dtype_tokens:
         report["dtypes"] = check_dtypes(args.model, hay, args.dtype_start, args.dtype_tokens)
     report["seconds"] = round(time.time() - t0, 1)
