@@ -407,7 +407,7 @@ KEY_LOOPS = ("flat", "ranges")
 # "fused" (the split program drawing the last ticket of an atomic counter merges, one launch),
 # was 1.3-2.5x slower at every size in two designs (commits 8052445 and 221ad0c): one program
 # per KV head reading every partial from L2 is slower than a combine grid of Hq programs. It was
-# removed after the tenth session (last present in commit 9892a55).
+# removed in the tenth session (last present in commit 9892a55).
 COMBINES = ("separate", "separate_pdl")
 DEFAULT_COMBINE = "separate_pdl"
 # Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
