@@ -111,29 +111,29 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
     # Keys/values of the attended buffer slots followed by the chunk's own: [Hkv, T + M, D].
     keys = torch.cat([k_buf[:, idx].to(ct), k_new.to(ct)], dim=1)
     vals = torch.cat([v_buf[:, idx].to(ct), v_new.to(ct)], dim=1)
-    keys = keys.repeat_interleave(group, 0)  # [Hq, T + M, D]
-    vals = vals.repeat_interleave(group, 0)
-    bias_buf = bias[:, idx].to(torch.float32 if ct != torch.float64 else ct)
-    bias_buf = bias_buf.repeat_interleave(group, 0)  # [Hq, T]
-    out = torch.empty(hq, m, d, dtype=ct, device=dev)
-    lse = torch.empty(hq, m, dtype=torch.float32, device=dev)
+    bias_buf = bias[:, idx].to(torch.float32 if ct != torch.float64 else ct)  # [Hkv, T]
+    # GQA without copying K/V per query head: the G heads of a KV group are one batch entry,
+    # their rows stacked head-major ([Hkv, G * c, D] against [Hkv, T + M, D]).
+    q_g = q.view(hkv, group, m, d)
+    out = torch.empty(hkv, group, m, d, dtype=ct, device=dev)
+    lse = torch.empty(hkv, group, m, dtype=torch.float32, device=dev)
     step = _query_chunk(hq, m, t)
     for i0 in range(0, m, step):
         i1 = min(m, i0 + step)
-        qc = q[:, i0:i1].to(ct)
-        logits = torch.matmul(qc, keys.transpose(1, 2)) * scale  # [Hq, c, T + M]
+        c = i1 - i0
+        qc = q_g[:, :, i0:i1].to(ct).reshape(hkv, group * c, d)
+        logits = torch.matmul(qc, keys.transpose(1, 2)) * scale  # [Hkv, G * c, T + M]
         # Bias and causal mask added in float32 (or float64) whatever the compute dtype.
-        acc_t = bias_buf.dtype
-        logits = logits.to(acc_t)
+        logits = logits.to(bias_buf.dtype)
         logits[:, :, :t] += bias_buf[:, None, :]
-        qi = torch.arange(i0, i1, device=dev)[:, None]
+        qi = torch.arange(i0, i1, device=dev).repeat(group)[:, None]
         kj = torch.arange(m, device=dev)[None, :]
         logits[:, :, t:].masked_fill_((kj > qi)[None] | (not with_new), float("-inf"))
         row_lse = torch.logsumexp(logits, dim=-1)
-        lse[:, i0:i1] = row_lse.float()
+        lse[:, :, i0:i1] = row_lse.float().view(hkv, group, c)
         p = torch.softmax(logits, dim=-1).nan_to_num(0.0).to(ct)
-        out[:, i0:i1] = torch.matmul(p, vals)
-    return out.to(out_dtype or q.dtype), lse
+        out[:, :, i0:i1] = torch.matmul(p, vals).view(hkv, group, c, d)
+    return out.view(hq, m, d).to(out_dtype or q.dtype), lse.view(hq, m)
 
 
 def tier_attention_mass_ref(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start, *,
