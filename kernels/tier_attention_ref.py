@@ -77,12 +77,18 @@ def check_mass_args(q_obs, k_buf, bias, ranges, k_new, lse_obs, scale, obs_start
         raise ValueError(f"obs_start {obs_start} + {o} observation queries != chunk length {m}")
 
 
-def gather_ranges(ranges: torch.Tensor, cap: int) -> torch.Tensor:
-    """Slot indices of the half-open ``ranges`` [R, 2], concatenated in order -> int64 [T]."""
+def range_list(ranges: torch.Tensor, cap: int) -> list[tuple[int, int]]:
+    """The non-empty half-open ``ranges`` [R, 2] as (start, end) pairs, in order."""
     rs = ranges.detach().to("cpu", torch.int64).tolist()
     for s, e in rs:
         if not (0 <= s <= e <= cap):
             raise ValueError(f"range [{s}, {e}) is not inside the buffer of {cap} slots")
+    return [(s, e) for s, e in rs if e > s]
+
+
+def gather_ranges(ranges: torch.Tensor, cap: int) -> torch.Tensor:
+    """Slot indices of the half-open ``ranges`` [R, 2], concatenated in order -> int64 [T]."""
+    rs = range_list(ranges, cap)
     if not rs:
         return torch.zeros(0, dtype=torch.int64)
     return torch.cat([torch.arange(s, e, dtype=torch.int64) for s, e in rs])
@@ -105,13 +111,16 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
     hkv, cap, _ = k_buf.shape
     group = hq // hkv
     dev = q.device
-    idx = gather_ranges(ranges, cap).to(dev)
-    t = idx.numel()
     ct = compute_dtype
-    # Keys/values of the attended buffer slots followed by the chunk's own: [Hkv, T + M, D].
-    keys = torch.cat([k_buf[:, idx].to(ct), k_new.to(ct)], dim=1)
-    vals = torch.cat([v_buf[:, idx].to(ct), v_new.to(ct)], dim=1)
-    bias_buf = bias[:, idx].to(torch.float32 if ct != torch.float64 else ct)  # [Hkv, T]
+    # The attended buffer ranges, then the chunk's own keys: read as slices of the buffer (views,
+    # converted to the compute dtype per range), never gathered into one copy.
+    spans = range_list(ranges, cap)
+    t = sum(e - s for s, e in spans)
+    k_parts = [k_buf[:, s:e] for s, e in spans] + [k_new]
+    v_parts = [v_buf[:, s:e] for s, e in spans] + [v_new]
+    acc_t = torch.float32 if ct != torch.float64 else ct
+    bias_buf = torch.cat([bias[:, s:e] for s, e in spans], 1).to(acc_t) if spans else \
+        bias.new_zeros(hkv, 0).to(acc_t)  # [Hkv, T]
     # GQA without copying K/V per query head: the G heads of a KV group are one batch entry,
     # their rows stacked head-major ([Hkv, G * c, D] against [Hkv, T + M, D]).
     q_g = q.view(hkv, group, m, d)
@@ -122,9 +131,9 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
         i1 = min(m, i0 + step)
         c = i1 - i0
         qc = q_g[:, :, i0:i1].to(ct).reshape(hkv, group * c, d)
-        logits = torch.matmul(qc, keys.transpose(1, 2)) * scale  # [Hkv, G * c, T + M]
+        logits = torch.cat([torch.matmul(qc, kp.to(ct).transpose(1, 2)) for kp in k_parts], 2)
         # Bias and causal mask added in float32 (or float64) whatever the compute dtype.
-        logits = logits.to(bias_buf.dtype)
+        logits = (logits * scale).to(acc_t)  # [Hkv, G * c, T + M]
         logits[:, :, :t] += bias_buf[:, None, :]
         qi = torch.arange(i0, i1, device=dev).repeat(group)[:, None]
         kj = torch.arange(m, device=dev)[None, :]
@@ -132,7 +141,13 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
         row_lse = torch.logsumexp(logits, dim=-1)
         lse[:, :, i0:i1] = row_lse.float().view(hkv, group, c)
         p = torch.softmax(logits, dim=-1).nan_to_num(0.0).to(ct)
-        out[:, :, i0:i1] = torch.matmul(p, vals).view(hkv, group, c, d)
+        o, j = None, 0
+        for vp in v_parts:
+            n = vp.shape[1]
+            part = torch.matmul(p[:, :, j:j + n], vp.to(ct))
+            o = part if o is None else o + part
+            j += n
+        out[:, :, i0:i1] = o.view(hkv, group, c, d)
     return out.view(hq, m, d).to(out_dtype or q.dtype), lse.view(hq, m)
 
 
