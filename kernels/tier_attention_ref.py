@@ -140,7 +140,9 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
         logits[:, :, t:].masked_fill_((kj > qi)[None] | (not with_new), float("-inf"))
         row_lse = torch.logsumexp(logits, dim=-1)
         lse[:, :, i0:i1] = row_lse.float().view(hkv, group, c)
-        p = torch.softmax(logits, dim=-1).nan_to_num(0.0).to(ct)
+        # Softmax from the lse, in place; a row that sees no key (lse -inf) gets p = 0, not NaN.
+        shift = torch.where(torch.isfinite(row_lse), row_lse, 0.0)
+        p = logits.sub_(shift[:, :, None]).exp_().to(ct)
         o, j = None, 0
         for vp in v_parts:
             n = vp.shape[1]
