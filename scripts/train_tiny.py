@@ -149,6 +149,10 @@ class TrainConfig:
     # synthetic retrieval: half the rows carry needles (the shipped checkpoint's setting)
     retrieval_fraction: float = 0.5
     max_keys: int = 6
+    # Of the multi-key rows, the fraction whose keys differ only by a digit swap or one digit
+    # (SECRET_TOKEN_377 / _737 / _347: the needle benchmark's model-made misses). 0 draws the
+    # rows exactly as the shipped checkpoint's run did.
+    confusable_keys: float = 0.0
     answer_weight: float = 3.0
     pack_start_fraction: float = 0.25
     # evaluation and saving
@@ -168,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"eval context {max(self.eval_contexts)} > {self.max_position}")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
             raise ValueError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
+        if not 0.0 <= self.confusable_keys <= 1.0:
+            raise ValueError(f"confusable_keys must be in [0, 1], got {self.confusable_keys}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
 
@@ -440,6 +446,14 @@ def build_corpora(cfg: TrainConfig, tokenizer_path: Path, log: Log) -> tuple[Cor
 # --------------------------------------------------------------------------- batches
 
 
+def _key_mix(cfg: TrainConfig) -> str:
+    """How the card describes the multi-key rows' keys."""
+    if not cfg.confusable_keys:
+        return "half of the multi-key rows with similar keys"
+    return (f"{cfg.confusable_keys:.0%} of the multi-key rows with keys that differ by a digit swap "
+            "or one digit, half of the others with similar keys")
+
+
 class Batcher:
     """Training rows: plain windows of the packed stream, and retrieval rows.
 
@@ -483,7 +497,11 @@ class Batcher:
     def retrieval_row(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens [n], weights [n]) or None when no usable window was found."""
         k = self.rng.randint(1, self.cfg.max_keys)
-        needles = random_needles(self.rng, k)
+        # Drawn only when asked for, so that 0 keeps the rows of runs before the option.
+        if k > 1 and self.cfg.confusable_keys > 0 and self.rng.random() < self.cfg.confusable_keys:
+            needles = random_needles(self.rng, k, similar=True, confusable=True)
+        else:
+            needles = random_needles(self.rng, k)
         lines = [self.enc(nd.line) for nd in needles]
         cues = [len(self.enc(nd.cue)) for nd in needles]
         asked = self.rng.sample(range(k), self.rng.randint(1, min(k, 3)))
@@ -780,7 +798,7 @@ in packs of about {cfg.pack_bytes // 1000} KB.
 
 Training rows of {cfg.seq_len} tokens; {cfg.retrieval_fraction:.0%} of them (in expectation)
 carry 1-{cfg.max_keys} synthetic key-value needles (`ssa_code.bench.synthetic`: `KEY = "value"`,
-`KEY = 0x...`, `#define KEY 123...`; half of the multi-key rows with similar keys) planted at
+`KEY = 0x...`, `#define KEY 123...`; {_key_mix(cfg)}) planted at
 random line boundaries and asked for later by repeating the line; the asked values weigh
 {cfg.answer_weight:g}x in the loss. {cfg.pack_start_fraction:.0%} of rows start at a pack start.
 Retrieval rows seen: {result['retrieval_rows']} of {result['rows']}.

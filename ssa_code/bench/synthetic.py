@@ -18,6 +18,7 @@ tree-sitter).
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 from dataclasses import dataclass
@@ -94,27 +95,52 @@ def random_key(rng: random.Random) -> str:
     return "_".join(words)
 
 
+def confusable_suffixes(rng: random.Random, n: int) -> list[int]:
+    """``n`` distinct three-digit numbers, each a digit permutation of one base number or the base
+    with one digit changed (``377``, ``737``, ``347`` ...): the suffixes a model must read digit by
+    digit to tell apart."""
+    if not 1 <= n <= 28:
+        raise ValueError(f"n must be in [1, 28], got {n}")
+    base = str(rng.randint(100, 999))
+    near = {"".join(p) for p in itertools.permutations(base)}
+    for i in range(3):
+        near |= {base[:i] + d + base[i + 1:] for d in string.digits}
+    pool = sorted(int(x) for x in near if x[0] != "0")  # 27 one-digit changes at least
+    return rng.sample(pool, n)
+
+
 def random_needles(rng: random.Random, n: int, *, similar: bool | None = None,
-                   style: str | None = None) -> list[Needle]:
+                   style: str | None = None, confusable: bool = False) -> list[Needle]:
     """``n`` needles with distinct keys (and values).
 
     With ``similar`` the keys share one stem and differ only in a numeric suffix (RULER's
-    hard multi-key setting); ``None`` picks at random.
+    hard multi-key setting); ``None`` picks at random. ``confusable`` (with ``similar``) draws
+    the suffixes from :func:`confusable_suffixes` instead of uniformly.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if similar is None:
         similar = n > 1 and rng.random() < 0.5
+    if confusable and not similar:
+        raise ValueError("confusable keys need similar keys")
     stem = random_key(rng).rstrip(string.digits).rstrip("_") or "KEY"
+    suffixes = iter(confusable_suffixes(rng, n)) if confusable else None
     keys: list[str] = []
     values: set[str] = set()
     out: list[Needle] = []
     while len(out) < n:
-        key = f"{stem}_{rng.randint(0, 999)}" if similar else random_key(rng)
-        st = style or rng.choice(STYLES)
-        value = random_value(rng, st)
-        if key in keys or value in values:
-            continue
+        if suffixes is not None:  # distinct keys by construction: only a value may repeat
+            key = f"{stem}_{next(suffixes)}"
+            st = style or rng.choice(STYLES)
+            value = random_value(rng, st)
+            while value in values:
+                value = random_value(rng, st)
+        else:
+            key = f"{stem}_{rng.randint(0, 999)}" if similar else random_key(rng)
+            st = style or rng.choice(STYLES)
+            value = random_value(rng, st)
+            if key in keys or value in values:
+                continue
         keys.append(key)
         values.add(value)
         out.append(Needle(key, value, st))

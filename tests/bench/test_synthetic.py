@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssa_code.bench.synthetic import (
-    LineBoundaries, Needle, encode, random_needles, random_value, splice,
+    LineBoundaries, Needle, confusable_suffixes, encode, random_needles, random_value, splice,
 )
 from ssa_code.models import default_tokenizer
 
@@ -70,3 +70,27 @@ def test_validation():
         random_value(random.Random(0), "nope")
     with pytest.raises(ValueError):
         splice([1, 2], [(3, [9])])
+
+
+def test_confusable_suffixes_differ_by_a_swap_or_one_digit():
+    rng = random.Random(5)
+    for n in (2, 4, 6, 27):
+        got = confusable_suffixes(rng, n)
+        assert len(set(got)) == n and all(100 <= x <= 999 for x in got)
+        # Some base b: every suffix is a permutation of b's digits or b with one digit changed.
+        def near(a: str, b: str) -> bool:
+            return sorted(a) == sorted(b) or sum(x != y for x, y in zip(a, b)) <= 1
+        assert any(all(near(str(x), str(b)) for x in got) for b in range(100, 1000))
+    with pytest.raises(ValueError):
+        confusable_suffixes(rng, 29)
+
+
+def test_confusable_needles_share_a_stem_and_leave_the_default_draws_alone():
+    ns = random_needles(random.Random(3), 4, similar=True, confusable=True)
+    assert len({n.key.rsplit("_", 1)[0] for n in ns}) == 1 and len({n.key for n in ns}) == 4
+    assert len({n.value for n in ns}) == 4
+    # The default (the shipped checkpoint's training data) draws exactly as before.
+    a, b = random.Random(9), random.Random(9)
+    assert random_needles(a, 5) == random_needles(b, 5, confusable=False) and a.random() == b.random()
+    with pytest.raises(ValueError, match="similar"):
+        random_needles(random.Random(0), 3, similar=False, confusable=True)

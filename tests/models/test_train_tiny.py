@@ -53,3 +53,52 @@ def test_two_processes_agree_on_every_step_and_keep_equal_weights(tmp_path):
     # Only the first process logs and writes.
     assert r.stdout.count("] done in ") == 1
     assert sorted(p.name for p in out.iterdir()) == ["loss.json", "model_card.md", "tiny", "train.log"]
+
+
+def _train_module():
+    import importlib.util
+
+    name = "train_tiny_under_test"
+    if name not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location(name, SCRIPT)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_confusable_keys_reach_the_retrieval_rows_and_zero_draws_as_before(monkeypatch, fraction):
+    """--set confusable_keys=F: that fraction of multi-key rows asks random_needles for keys that
+    differ by a digit swap or one digit; at 0 the rows are the ones runs before the option drew."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ssa_code.bench.synthetic import LineBoundaries
+    from ssa_code.models import default_tokenizer
+
+    tt = _train_module()
+    tok = default_tokenizer()
+    ids = np.asarray(tok("def f(x):\n    return x + 1\n\n" * 400, add_special_tokens=False)["input_ids"])
+    corpus = SimpleNamespace(tokens=ids, pack_starts=np.array([0]))
+    calls = []
+    real = tt.random_needles
+
+    def spy(rng, n, **kw):
+        calls.append((n, kw.get("confusable", False), kw))
+        return real(rng, n, **kw)
+
+    monkeypatch.setattr(tt, "random_needles", spy)
+    lines = LineBoundaries(tok)
+    cfg = tt.smoke_config(1.0)
+    cfg.confusable_keys = fraction
+    b = tt.Batcher(corpus, tok, lines, cfg, seed=4)
+    rows = [b.retrieval_row(256) for _ in range(40)]
+    multi = [c for c in calls if c[0] > 1]
+    assert multi and all(c[1] == (fraction == 1.0) for c in multi)
+    assert all(c[1] is False for c in calls if c[0] == 1)
+    assert any(r is not None for r in rows)
+    if fraction == 0.0:  # the call of the runs before the option, argument for argument
+        assert all(c[2] == {} for c in calls)
+    with pytest.raises(ValueError, match="confusable_keys"):
+        tt.TrainConfig(confusable_keys=1.5)
