@@ -40,9 +40,20 @@ from pathlib import Path
 import torch
 
 
+def greedy_answer(model, tokenizer, ids, value: str) -> str:
+    """The greedy continuation of ``ids`` (a 1-d int array), one token longer than ``value``."""
+    from ssa_code.bench.needle import encode
+
+    x = torch.from_numpy(ids)[None]
+    with torch.no_grad():
+        gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=len(encode(tokenizer, value)) + 1)
+    return tokenizer.decode(gen[0, x.shape[1]:])
+
+
 def check_values(model, tokenizer, hay, values: list[str], depths: list[float], lengths: list[int]) -> dict:
     """Right answers per value over ``depths x lengths`` prompts (dense, greedy)."""
-    from ssa_code.bench.needle import build_prompt, encode
+    from ssa_code.bench.needle import build_prompt
     from ssa_code.bench.synthetic import LineBoundaries, Needle
 
     lines = LineBoundaries(tokenizer)
@@ -53,11 +64,7 @@ def check_values(model, tokenizer, hay, values: list[str], depths: list[float], 
             for length in lengths:
                 rng = random.Random(f"probe:{value}:{depth}:{length}")
                 p = build_prompt(hay, lines, tokenizer, length, depth, [Needle("SECRET_TOKEN", value, "str")], 0, rng)
-                ids = torch.from_numpy(p.ids)[None]
-                with torch.no_grad():
-                    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=len(encode(tokenizer, value)) + 1)
-                right += tokenizer.decode(gen[0, ids.shape[1]:]).startswith(value)
+                right += greedy_answer(model, tokenizer, p.ids, value).startswith(value)
         out[value] = {"right": right, "prompts": len(depths) * len(lengths)}
         print(f"{value}: {right} of {len(depths) * len(lengths)}", flush=True)
     return out
@@ -68,7 +75,7 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     import numpy as np
 
     from ssa_code.bench.needle import cell_prompt, depth_grid, encode
-    from ssa_code.bench.synthetic import LineBoundaries
+    from ssa_code.bench.synthetic import LineBoundaries, Needle
 
     seed, length, keys, di, n_depths = (int(x) for x in cell.split(":"))
     depths = depth_grid(n_depths)
@@ -81,15 +88,11 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     for before, after, tail in windows:
         right = 0
         for value in values:
-            line = encode(tokenizer, f'SECRET_TOKEN = "{value}"\n')
-            cue = encode(tokenizer, 'SECRET_TOKEN = "')
+            needle = Needle("SECRET_TOKEN", value, "str")
+            line, cue = encode(tokenizer, needle.line), encode(tokenizer, needle.cue)
             ids = np.concatenate([base[pos - before:pos], line, base[pos:pos + after],
                                   base[len(base) - tail:] if tail else base[:0], cue]).astype(np.int64)
-            x = torch.from_numpy(ids)[None]
-            with torch.no_grad():
-                gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
-                                     max_new_tokens=len(encode(tokenizer, value)) + 1)
-            right += tokenizer.decode(gen[0, x.shape[1]:]).startswith(value)
+            right += greedy_answer(model, tokenizer, ids, value).startswith(value)
         out["windows"][f"{before}+{after}+{tail}"] = {"right": right, "prompts": len(values)}
         print(f"spot {cell} window {before}+{after}+{tail}: {right} of {len(values)}", flush=True)
     return out
@@ -100,14 +103,13 @@ def check_key_cells(model, tokenizer, hay, cells: list[str], depths: list[float]
     """Per benchmark cell ``SEED:LENGTH:KEYS:DEPTH_INDEX``: its needles (as the benchmark draws
     them) in ``depths x lengths`` short prompts, answered densely; each answer counts as
     ``right`` (the asked value), ``other_needle`` (another needle's value) or ``no_needle``."""
-    from ssa_code.bench.needle import build_prompt, encode, make_needles
+    from ssa_code.bench.needle import build_prompt, cell_needles
     from ssa_code.bench.synthetic import LineBoundaries
 
     lines = LineBoundaries(tokenizer)
     out = {}
     for cell in cells:
-        seed, length, keys, di = (int(x) for x in cell.split(":"))
-        needles, asked = make_needles(random.Random(f"{seed}:{length}:{keys}:{di}"), keys)
+        needles, asked, _ = cell_needles(*(int(x) for x in cell.split(":")))
         want = needles[asked].value
         tally = {"right": 0, "other_needle": 0, "no_needle": 0}
         answers = []
@@ -115,11 +117,7 @@ def check_key_cells(model, tokenizer, hay, cells: list[str], depths: list[float]
             for n in lengths:
                 rng = random.Random(f"probe-keys:{cell}:{depth}:{n}")
                 p = build_prompt(hay, lines, tokenizer, n, depth, needles, asked, rng)
-                ids = torch.from_numpy(p.ids)[None]
-                with torch.no_grad():
-                    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         do_sample=False, max_new_tokens=len(encode(tokenizer, want)) + 1)
-                text = tokenizer.decode(gen[0, ids.shape[1]:])
+                text = greedy_answer(model, tokenizer, p.ids, want)
                 kind = ("right" if text.startswith(want) else "other_needle"
                         if any(text.startswith(x.value) for x in needles) else "no_needle")
                 tally[kind] += 1

@@ -351,12 +351,20 @@ def depth_grid(n: int) -> list[float]:
     return [round(float(d), 4) for d in np.linspace(0.0, 1.0, n)]
 
 
+def cell_needles(seed: int, length: int, keys: int,
+                 depth_index: int) -> tuple[list[Needle], int, random.Random]:
+    """One benchmark cell's needles, the asked one's index, and the cell's RNG after drawing them
+    (:func:`cell_prompt` places the needles with it); probes take a cell's needles from here."""
+    rng = random.Random(f"{seed}:{length}:{keys}:{depth_index}")
+    needles, asked = make_needles(rng, keys)
+    return needles, asked, rng
+
+
 def cell_prompt(hay: Haystack, lines: LineBoundaries, tokenizer, seed: int, length: int, keys: int,
                 depth_index: int, depths: Sequence[float], jitter: int = 0) -> Prompt:
     """The prompt of one benchmark cell, as :func:`run_benchmark` builds it (every method of the
     cell answers the same one); probes rebuild a cell with it."""
-    rng = random.Random(f"{seed}:{length}:{keys}:{depth_index}")
-    needles, asked = make_needles(rng, keys)
+    needles, asked, rng = cell_needles(seed, length, keys, depth_index)
     return build_prompt(hay, lines, tokenizer, length, float(depths[depth_index]), needles, asked, rng,
                         jitter)
 
