@@ -99,13 +99,14 @@ def confusable_suffixes(rng: random.Random, n: int) -> list[int]:
     """``n`` distinct three-digit numbers, each a digit permutation of one base number or the base
     with one digit changed (``377``, ``737``, ``347`` ...): the suffixes a model must read digit by
     digit to tell apart."""
-    if not 1 <= n <= 28:
-        raise ValueError(f"n must be in [1, 28], got {n}")
+    if not 1 <= n <= 27:
+        raise ValueError(f"n must be in [1, 27], got {n}")
     base = str(rng.randint(100, 999))
     near = {"".join(p) for p in itertools.permutations(base)}
     for i in range(3):
         near |= {base[:i] + d + base[i + 1:] for d in string.digits}
-    pool = sorted(int(x) for x in near if x[0] != "0")  # 27 one-digit changes at least
+    # At least 27: the base and its one-digit changes, less a leading zero.
+    pool = sorted(int(x) for x in near if x[0] != "0")
     return rng.sample(pool, n)
 
 
@@ -129,18 +130,17 @@ def random_needles(rng: random.Random, n: int, *, similar: bool | None = None,
     values: set[str] = set()
     out: list[Needle] = []
     while len(out) < n:
-        if suffixes is not None:  # distinct keys by construction: only a value may repeat
+        if suffixes is not None:
             key = f"{stem}_{next(suffixes)}"
-            st = style or rng.choice(STYLES)
-            value = random_value(rng, st)
-            while value in values:
-                value = random_value(rng, st)
         else:
             key = f"{stem}_{rng.randint(0, 999)}" if similar else random_key(rng)
-            st = style or rng.choice(STYLES)
-            value = random_value(rng, st)
-            if key in keys or value in values:
-                continue
+        st = style or rng.choice(STYLES)
+        value = random_value(rng, st)
+        if suffixes is not None:  # distinct keys by construction: only a value may repeat
+            while value in values:
+                value = random_value(rng, st)
+        elif key in keys or value in values:
+            continue
         keys.append(key)
         values.add(value)
         out.append(Needle(key, value, st))

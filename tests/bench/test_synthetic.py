@@ -81,8 +81,10 @@ def test_confusable_suffixes_differ_by_a_swap_or_one_digit():
         def near(a: str, b: str) -> bool:
             return sorted(a) == sorted(b) or sum(x != y for x, y in zip(a, b)) <= 1
         assert any(all(near(str(x), str(b)) for x in got) for b in range(100, 1000))
+    # 27 is the most every base allows (111: itself and its one-digit changes, no leading zero).
+    assert all(len(set(confusable_suffixes(random.Random(s), 27))) == 27 for s in range(300))
     with pytest.raises(ValueError):
-        confusable_suffixes(rng, 29)
+        confusable_suffixes(rng, 28)
 
 
 def test_confusable_needles_share_a_stem_and_leave_the_default_draws_alone():
