@@ -119,8 +119,7 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
     k_parts = [k_buf[:, s:e] for s, e in spans] + [k_new]
     v_parts = [v_buf[:, s:e] for s, e in spans] + [v_new]
     acc_t = torch.float32 if ct != torch.float64 else ct
-    bias_buf = torch.cat([bias[:, s:e] for s, e in spans], 1).to(acc_t) if spans else \
-        bias.new_zeros(hkv, 0).to(acc_t)  # [Hkv, T]
+    bias_buf = torch.cat([bias[:, s:e] for s, e in spans] or [bias[:, :0]], 1).to(acc_t)  # [Hkv, T]
     # GQA without copying K/V per query head: the G heads of a KV group are one batch entry,
     # their rows stacked head-major ([Hkv, G * c, D] against [Hkv, T + M, D]).
     q_g = q.view(hkv, group, m, d)
