@@ -18,13 +18,21 @@ binds its name on the package, which would replace the dispatcher function of th
 """
 from __future__ import annotations
 
+if __name__ == "kernels":
+    # Imported through the repository root on sys.path, not as ssa_code.kernels: the importer
+    # wants the PyPI package of that name (transformers does); see _shadowing.py. The rest of
+    # this file then runs into a module nobody keeps, which is why its imports are absolute.
+    from ssa_code.kernels._shadowing import hand_over_to_installed
+
+    hand_over_to_installed(__name__)
+
 import os
 
 import torch
 
-from .block_lse_ref import block_lse_ref, check_block_lse_args
-from .score_blocks_ref import check_score_blocks_args, score_blocks_ref
-from .tier_attention_ref import (
+from ssa_code.kernels.block_lse_ref import block_lse_ref, check_block_lse_args
+from ssa_code.kernels.score_blocks_ref import check_score_blocks_args, score_blocks_ref
+from ssa_code.kernels.tier_attention_ref import (
     check_mass_args,
     check_tier_attention_args,
     tier_attention_mass_ref,
