@@ -28,6 +28,10 @@ class SSAConfig:
         window: the most recent tokens at full resolution; tokens leave it a block at a time.
         summaries: slots holding (mean key, mean value, count n) of evicted spans, attended
             with logit ``q.k + log n``; when full, the older half merges pairwise.
+        summary_tokens: the most tokens the summaries together stand for in attention (0: no
+            limit). When they cover ``N`` more, every summary's ``log n`` is lowered by
+            ``log(N / summary_tokens)``: their relative weights stay, their total weight is that
+            of ``summary_tokens`` tokens, e.g. no more background than the model was trained on.
         index_size: entries (per-channel key bounds of one evicted block) scored for
             retrieval; when full, the older half merges pairwise into coarser entries. 8192
             entries cover 512K tokens block by block at block_size 64, and keep a 7B-class
@@ -81,6 +85,7 @@ class SSAConfig:
     heavy: int = 1024
     window: int = 4096
     summaries: int = 1024
+    summary_tokens: int = 0
     block_size: int = 64
     index_size: int = 8192
     top_k: int = 32
@@ -99,7 +104,7 @@ class SSAConfig:
     kernels: KernelChoice = "auto"
 
     def __post_init__(self) -> None:
-        nonneg = ("sinks", "pinned", "heavy", "summaries", "top_k", "score_queries")
+        nonneg = ("sinks", "pinned", "heavy", "summaries", "summary_tokens", "top_k", "score_queries")
         positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
                     "rebase_every", "chunk_size", "decode_refresh", "decode_evict")
         for name in nonneg:

@@ -31,6 +31,7 @@ A forward step for a chunk of ``M`` queries (:meth:`SSALayer.attend`):
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -677,7 +678,7 @@ class SSALayer(CacheLayerMixin):
         n = self.summaries.n
         if n == 0:
             return
-        log_n = self.summaries.count[:n].log()
+        log_n = self._summary_bias()
         start = self.pos[:, self.STAGE:self.STAGE + self.n_stage:self.cfg.block_size]  # [H, K]
         lo, hi = self.summaries.lo[:n], self.summaries.hi[:n]
         covered = ((start[:, None, :] >= lo[None, :, None]) & (start[:, None, :] < hi[None, :, None])).any(-1)
@@ -839,9 +840,19 @@ class SSALayer(CacheLayerMixin):
             return
         pos = self.summaries.pos[:n].expand(self.heads, n)
         self._write_far(self.SUMM, self.summaries.key[:, :n], self.summaries.value[:, :n], pos,
-                        self.summaries.count[:n].log()[None, :].expand(self.heads, n))
+                        self._summary_bias()[None, :].expand(self.heads, n))
         # Fresh summary biases must still exclude the spans of the blocks staged now.
         self._mask_covered_summaries()
+
+    def _summary_bias(self) -> torch.Tensor:
+        """``[n]`` attention bias of the summaries: ``log n`` each, lowered alike so that together
+        they stand for at most ``summary_tokens`` tokens (computed on the device: no sync)."""
+        count = self.summaries.count[:self.summaries.n]
+        log_n = count.log()
+        cap = self.cfg.summary_tokens
+        if cap:
+            log_n = log_n - (count.sum().log() - math.log(cap)).clamp(min=0.0)
+        return log_n
 
     def _update_heavy(self, k_raw: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor) -> None:
         """Keep the ``heavy`` tokens of highest mass among current heavy hitters and the candidates."""

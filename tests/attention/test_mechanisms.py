@@ -146,3 +146,27 @@ def test_decode_evicts_decode_evict_blocks_at_a_time():
             held = set(layer.pos[0, layer.WIN:].tolist())
             assert set(range(layer.frontier, layer.seen)) <= held
     assert moves and all(m == 3 * cfg.block_size for m in moves)
+
+
+def test_summary_tokens_caps_the_summaries_total_weight():
+    import dataclasses
+
+    model = tiny_model("llama")
+    layers = {}
+    for cap in (0, 100):
+        cache = filled_cache(model, dataclasses.replace(SMALL, summary_tokens=cap))
+        layers[cap] = cache.layers[0]
+    plain, capped = layers[0], layers[100]
+    n = plain.summaries.n
+    count = plain.summaries.count[:n]
+    assert n > 2 and count.sum() > 100  # the 700-token context evicts far more than the cap
+    # Uncapped: log n each; capped: the same weights relative to each other, summing to 100 tokens.
+    torch.testing.assert_close(plain._summary_bias(), count.log())
+    torch.testing.assert_close(capped._summary_bias().exp().sum(), torch.tensor(100.0))
+    torch.testing.assert_close(capped._summary_bias() - plain._summary_bias(),
+                               torch.full((n,), -float((count.sum() / 100).log())))
+    # The buffer's summary slots carry that bias wherever a staged block does not mask them.
+    bias = capped.bias[:, capped.SUMM:capped.SUMM + n]
+    live = torch.isfinite(bias)
+    assert live.any()
+    torch.testing.assert_close(bias[live], capped._summary_bias().expand_as(bias)[live])
