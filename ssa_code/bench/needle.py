@@ -772,9 +772,11 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
         "",
     ]
     for m, cfg in meta["configs"].items():
+        # summary_tokens only where set: 0 (no cap) is the default and older reports lack it.
         lines.append(f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
                                                if k in ("sinks", "pinned", "heavy", "window", "summaries",
-                                                        "top_k", "block_size", "store", "chunk_size")))
+                                                        "top_k", "block_size", "store", "chunk_size")
+                                               or (k == "summary_tokens" and v)))
     if "dense" in methods:
         lines.append(f"- `dense`: transformers SDPA, full KV cache, run up to {meta['dense_max']} tokens")
     return "\n".join(lines) + "\n"
