@@ -861,9 +861,17 @@ def benchmark_differs(a: dict, b: dict) -> list[str]:
     if _run_dtype(a) != _run_dtype(b):
         diff.append("dtype")
     ca, cb = a.get("configs") or {}, b.get("configs") or {}
-    if any(ca[m] != cb[m] for m in ca.keys() & cb.keys()):
+    if any(_with_defaults(ca[m]) != _with_defaults(cb[m]) for m in ca.keys() & cb.keys()):
         diff.append("configs")
     return diff
+
+
+def _with_defaults(config: dict) -> dict:
+    """A report's SSAConfig fields, those it predates filled in with today's defaults (a field
+    added later was, until then, the behaviour its default keeps)."""
+    from ssa_code.attention.config import SSAConfig
+
+    return {**SSAConfig().to_dict(), **config}
 
 
 def _earlier_cells(folder: Path, meta: dict, option: str, allow: Sequence[str] = ()) -> list[Cell]:

@@ -98,7 +98,14 @@ def test_merge_fills_unrun_cells_and_refuses_a_cell_measured_twice(tmp_path, cap
     _write_run(tmp_path / "named", [_cell(1.0, True)], dtype="float32")
     assert main(["--merge", str(tmp_path / "first"), str(tmp_path / "named"), "--out", str(tmp_path / "n")]) == 0
     capsys.readouterr()
+    # A report from before a config field existed joins one that names the field's default
+    # (summary_tokens=0: no cap), not one that sets it.
+    _write_run(tmp_path / "field", [_cell(1.0, True)], configs={"streaming": {"budget": 640, "summary_tokens": 0}})
+    assert main(["--merge", str(tmp_path / "first"), str(tmp_path / "field"), "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    _write_run(tmp_path / "capped", [_cell(1.0, True)], configs={"streaming": {"budget": 640, "summary_tokens": 9}})
     for second, words in (("again", "also in another shard"), ("other", "differs in configs"),
+                          ("capped", "differs in configs"),
                           ("half", "differs in dtype"), ("moved", "differs in jitter")):
         assert main(["--merge", str(tmp_path / "first"), str(tmp_path / second), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
