@@ -8,6 +8,11 @@ benchmark in everything else (model, budget, chunk, haystack, dtype, each method
 
     python -m ssa_code.bench.needle_pool RESULTS/seed0 RESULTS/seed1 ... --lengths 1m
 
+A haystack packed again on another machine has the same tokens but may come from another git
+tree (the tree holds files the packer skips, such as ``__pycache__``). With ``--haystack FILE``,
+reports whose haystacks differ only in that tree id are pooled once every cell's prompt has been
+rebuilt from FILE and found the same (length and needle position; about a second a 1M cell).
+
 It prints, per method and length, right answers over cells run with a 95% Clopper-Pearson
 interval (exact, conservative; it treats the cells as independent, which cells of seeds run
 without ``--jitter`` are not quite: those share needle lines), and for each pair of methods the
@@ -64,19 +69,69 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * binom_cdf(min(wins, losses), n, 0.5))
 
 
-def pool(folders: Sequence[Path], lengths: Sequence[int] | None = None) -> dict:
+def _without_tree(meta: dict) -> dict:
+    """``meta`` with its haystack's repositories named without their git tree id."""
+    hay = dict(meta.get("haystack") or {})
+    hay["repos"] = [{k: v for k, v in r.items() if k != "tree_id"} for r in hay.get("repos") or []]
+    return {**meta, "haystack": hay}
+
+
+def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
+                  lengths: Sequence[int] | None = None) -> int:
+    """Rebuild the prompt of every measured cell of ``runs`` (folder, cells, meta) from the
+    haystack file ``tokens`` and compare its length and needle position with the report's.
+
+    Returns the cells checked; raises ValueError at the first that differs."""
+    from transformers import AutoTokenizer
+
+    from ssa_code.bench.needle import Haystack, LineBoundaries, cell_prompt, depth_grid, tokenizer_digest
+    from ssa_code.models import TINY_MODEL_DIR
+
+    hay = Haystack.load(tokens)
+    tokenizer = AutoTokenizer.from_pretrained(str(TINY_MODEL_DIR), local_files_only=True)
+    if tokenizer_digest(tokenizer) != hay.meta.get("tokenizer"):
+        raise ValueError(f"{tokens}: packed with another tokenizer than the tiny model's")
+    lines = LineBoundaries(tokenizer)
+    checked = 0
+    for folder, cells, meta in runs:
+        if _without_tree(meta)["haystack"] != _without_tree({"haystack": hay.meta})["haystack"]:
+            raise ValueError(f"{folder}: its haystack is not {tokens} (beyond the tree id)")
+        for length in sorted({c.length for c in cells if not lengths or c.length in lengths}):
+            # Every planned cell is listed, run or not: the depths give the grid they came from.
+            depths = sorted({c.depth for c in cells if c.length == length})
+            if depth_grid(len(depths)) != depths:
+                raise ValueError(f"{folder}: the depths at {length} tokens are not a benchmark grid")
+            for c in cells:
+                if c.length != length or c.correct is None:
+                    continue
+                p = cell_prompt(hay, lines, tokenizer, meta["seed"], length, c.keys, depths.index(c.depth),
+                                depths, meta.get("jitter", 0))
+                if len(p.ids) != c.prompt_tokens or p.needle_pos / len(p.ids) != c.needle_depth:
+                    raise ValueError(f"{folder}: cell {c.method} keys={c.keys} length={length} depth={c.depth} "
+                                     f"is another prompt from {tokens}")
+                checked += 1
+    return checked
+
+
+def pool(folders: Sequence[Path], lengths: Sequence[int] | None = None,
+         haystack: Path | None = None) -> dict:
     """Accuracy per (method, length) and pairwise discordance over the runs in ``folders``.
+
+    With ``haystack`` (a packed haystack file), runs whose haystacks differ only in the git tree
+    id are one benchmark once :func:`check_prompts` finds every cell's prompt the same.
 
     Raises ValueError when two runs are another benchmark (beyond seed and jitter) or when two
     runs measured the same cell of the same seed (a shard given twice)."""
     if not folders:
         raise ValueError("no reports given")
     runs = [(Path(f), *read_run(Path(f))) for f in folders]
+    checked = check_prompts(runs, haystack, lengths) if haystack else None
+    same = _without_tree if haystack else (lambda meta: meta)
     first_dir, _, first = runs[0]
     seen: dict[tuple, Path] = {}
     results: dict[tuple, bool] = {}
     for folder, cells, meta in runs:
-        diff = [d for d in benchmark_differs(first, meta) if d not in ("seed", "jitter")]
+        diff = [d for d in benchmark_differs(same(first), same(meta)) if d not in ("seed", "jitter")]
         if diff:
             raise ValueError(f"{folder}: another benchmark than {first_dir} (differs in {', '.join(diff)})")
         run_id = (meta.get("seed"), meta.get("jitter", 0))
@@ -108,7 +163,8 @@ def pool(folders: Sequence[Path], lengths: Sequence[int] | None = None) -> dict:
             b_only = sum(not results[k] and results[(*k[:2], b, *k[3:])] for k in shared)
             pairs.append({"a": a, "b": b, "shared": len(shared), "a_only": a_only, "b_only": b_only,
                           "sign_test_p": sign_test(a_only, b_only)})
-    return {"reports": [str(f) for f in folders], "accuracy": accuracy, "pairs": pairs}
+    return {"reports": [str(f) for f in folders], "accuracy": accuracy, "pairs": pairs,
+            "prompts_checked": checked}
 
 
 def _length_name(n: int) -> str:
@@ -122,6 +178,8 @@ def markdown(result: dict) -> str:
         lo, hi = r["ci95"]
         lines.append(f"| {r['method']} | {_length_name(r['length'])} | {r['right']} / {r['run']} | "
                      f"{r['rate']:.1%} | {lo:.1%}-{hi:.1%} | {', '.join(map(str, r['seeds']))} |")
+    if result.get("prompts_checked") is not None:
+        lines += ["", f"Prompts rebuilt from the haystack and found the same: {result['prompts_checked']} cells."]
     if result["pairs"]:
         lines += ["", "| a | b | cells both ran | only a right | only b right | sign test p |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -137,10 +195,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("reports", nargs="+", type=Path, metavar="DIR",
                     help="folders holding a needle.json (a run or a merged report), one per seed")
     ap.add_argument("--lengths", help="only these lengths, e.g. 1m or 256k,1m (default: every one)")
+    ap.add_argument("--haystack", type=Path, metavar="FILE",
+                    help="pool reports whose haystacks differ only in the git tree id, after rebuilding "
+                         "every cell's prompt from this packed haystack and checking it")
     args = ap.parse_args(argv)
     try:
         lengths = parse_lengths(args.lengths) if args.lengths else None
-        result = pool(args.reports, lengths)
+        result = pool(args.reports, lengths, args.haystack)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
+from ssa_code.bench.needle import main as needle_main
 from ssa_code.bench.needle_pool import clopper_pearson, main, pool, sign_test
+
+from .test_needle_shards import CHECKPOINT, _small_benchmark
 
 
 def _run(folder, seed, cells, jitter=0, **meta):
@@ -69,3 +72,25 @@ def test_pool_refuses_another_benchmark_or_a_cell_twice(tmp_path, capsys):
         assert err.startswith("error:") and len(err.splitlines()) == 1
     assert main([str(a)]) == 0
     assert "| ssa | 4K | 1 / 1 | 100.0% |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_pool_with_haystack_joins_a_repacked_tree_after_rebuilding_every_prompt(tmp_path, monkeypatch):
+    args = [*_small_benchmark(tmp_path, monkeypatch), "--lengths", "512", "--depths", "2", "--no-warmup"]
+    for seed in (0, 1):
+        assert needle_main([*args, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    # Seed 1 as if packed again elsewhere: same tokens, another git tree (e.g. other __pycache__).
+    report = tmp_path / "s1" / "needle.json"
+    data = json.loads(report.read_text())
+    data["meta"]["haystack"]["repos"][0]["tree_id"] = "0" * 40
+    report.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="differs in haystack"):
+        pool([tmp_path / "s0", tmp_path / "s1"])
+    got = pool([tmp_path / "s0", tmp_path / "s1"], haystack=tmp_path / "hay.npz")
+    assert got["prompts_checked"] == 4 and sum(r["run"] for r in got["accuracy"]) == 4
+    # A cell whose prompt the haystack does not rebuild: refused.
+    data["cells"][0]["prompt_tokens"] += 1
+    report.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="another prompt"):
+        pool([tmp_path / "s0", tmp_path / "s1"], haystack=tmp_path / "hay.npz")
