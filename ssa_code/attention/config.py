@@ -32,6 +32,7 @@ class SSAConfig:
             limit). When they cover ``N`` more, every summary's ``log n`` is lowered by
             ``log(N / summary_tokens)``: their relative weights stay, their total weight is that
             of ``summary_tokens`` tokens, e.g. no more background than the model was trained on.
+            On the tiny model at 1M tokens, 4096 neither won nor lost needles (BENCHMARKS.md).
         index_size: entries (per-channel key bounds of one evicted block) scored for
             retrieval; when full, the older half merges pairwise into coarser entries. 8192
             entries cover 512K tokens block by block at block_size 64, and keep a 7B-class
