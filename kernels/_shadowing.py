@@ -4,7 +4,7 @@ That happens whenever the repository root is on ``sys.path`` ahead of site-packa
 ``python -m ...`` run from a checkout, or pytest's rootdir insertion. The folder then hides the
 PyPI package ``kernels`` (Hugging Face's hub kernels), which transformers imports from 5.25 on:
 ``from kernels import CUDAProperties`` failed with an ImportError inside ``import transformers``.
-The folder's name is part of the project layout (docs/DESIGN: top-level ``kernels/``, installed
+The folder's name is part of the project layout (DESIGN.md: top-level ``kernels/``, installed
 as ``ssa_code.kernels``), so instead of renaming it, an import under the wrong name hands over to
 the installed package.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ssa_code import SSACache, patch
@@ -149,14 +151,9 @@ def test_decode_evicts_decode_evict_blocks_at_a_time():
 
 
 def test_summary_tokens_caps_the_summaries_total_weight():
-    import dataclasses
-
     model = tiny_model("llama")
-    layers = {}
-    for cap in (0, 100):
-        cache = filled_cache(model, dataclasses.replace(SMALL, summary_tokens=cap))
-        layers[cap] = cache.layers[0]
-    plain, capped = layers[0], layers[100]
+    plain, capped = (filled_cache(model, dataclasses.replace(SMALL, summary_tokens=cap)).layers[0]
+                     for cap in (0, 100))
     n = plain.summaries.n
     count = plain.summaries.count[:n]
     assert n > 2 and count.sum() > 100  # the 700-token context evicts far more than the cap
