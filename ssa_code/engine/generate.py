@@ -16,16 +16,23 @@ from typing import Any, Iterable, Iterator
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Decoding settings. ``temperature == 0`` is greedy decoding."""
+    """Decoding settings. ``temperature == 0`` is greedy decoding.
+
+    ``stop_repeats``: stop once the answer ends in this many identical non-blank lines in a row,
+    the loop greedy decoding falls into (0: never; :func:`repeated_line`).
+    """
 
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 0.95
     seed: int | None = None
+    stop_repeats: int = 4
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.stop_repeats < 0 or self.stop_repeats == 1:
+            raise ValueError(f"stop_repeats must be 0 (never) or >= 2, got {self.stop_repeats}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -96,6 +103,18 @@ def pick_token(logits: Any, cfg: GenerationConfig, generator: Any = None) -> int
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def repeated_line(text: str, times: int) -> str | None:
+    """The line that ``text`` ends with ``times`` times in a row, each complete (newline ended)
+    and non-blank; None when it does not (or ``times`` is 0)."""
+    if times < 2:
+        return None
+    lines = text.split("\n")[:-1]  # the piece after the last newline is not a complete line
+    last = lines[-times:]
+    if len(last) < times or not last[0].strip() or any(line != last[0] for line in last):
+        return None
+    return last[0]
+
+
 class TextStream:
     """Turns token ids into text deltas, holding back an incomplete UTF-8 character."""
 
@@ -125,7 +144,8 @@ def generate(
     cfg: GenerationConfig,
     stop_ids: Iterable[int] | None = None,
 ) -> Iterator[Step]:
-    """Yield tokens, starting from the logits of the last prompt token, until a stop token.
+    """Yield tokens, starting from the logits of the last prompt token, until a stop token, or
+    until the answer repeats one line ``cfg.stop_repeats`` times in a row.
 
     Each yielded token except the last is fed back through the model on ``cache``; the caller
     can stop early by closing the iterator. The stop token itself is not yielded.
@@ -141,10 +161,15 @@ def generate(
 
     decoder = Decoder(model, cache)
     logits = first_logits
+    answer = ""
     for i in range(cfg.max_new_tokens):
         token = pick_token(logits, cfg, generator)
         if token in stops:
             return
-        yield Step(token, stream.push(token))
+        step = Step(token, stream.push(token))
+        yield step
+        answer += step.text
+        if "\n" in step.text and repeated_line(answer, cfg.stop_repeats) is not None:
+            return
         if i + 1 < cfg.max_new_tokens:
             logits = decoder(token)

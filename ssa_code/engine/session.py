@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ssa_code.attention.anchors import merge_spans
-from ssa_code.engine.generate import GenerationConfig, generate, stop_token_ids
+from ssa_code.engine.generate import GenerationConfig, generate, repeated_line, stop_token_ids
 from ssa_code.engine.models import LoadedModel
 from ssa_code.engine.state import StateCorrupted, StateKey, StateStore
 from ssa_code.errors import UserError
@@ -341,6 +341,8 @@ def run_query(
         if answer != text:
             emit(answer)
     timings["decode_s"] = time.perf_counter() - t
+    if repeated_line(answer, gen.stop_repeats) is not None:
+        ui.warn(f"the answer repeated one line {gen.stop_repeats} times in a row; stopped there")
     cache.track_sources = False
     n_answer = len(answer_ids)
 

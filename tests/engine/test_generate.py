@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssa_code.engine.generate import GenerationConfig, TextStream, forward_tokens, generate, pick_token
+from ssa_code.engine.generate import (
+    GenerationConfig,
+    TextStream,
+    forward_tokens,
+    generate,
+    pick_token,
+    repeated_line,
+)
 from ssa_code.engine.models import ModelSpec, load_model
 
 
@@ -47,7 +54,8 @@ def test_sampling_is_seeded_and_respects_top_p():
     assert pick_token(logits, GenerationConfig()) == 0
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5),
+                                 dict(stop_repeats=1), dict(stop_repeats=-1)])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         GenerationConfig(**bad)
@@ -62,3 +70,42 @@ def test_text_stream_holds_back_partial_characters():
     deltas = [stream.push(i) for i in ids]
     assert "".join(deltas) == "naïve → ok"
     assert all("\ufffd" not in d for d in deltas)
+
+
+def test_repeated_line_needs_that_many_complete_non_blank_lines():
+    assert repeated_line("intro\nx = 1\nx = 1\nx = 1\nx = 1\n", 4) == "x = 1"
+    assert repeated_line("x = 1\nx = 1\nx = 1\n", 4) is None  # three times only
+    assert repeated_line("x = 1\nx = 1\nx = 1\nx = 1", 4) is None  # the fourth is not complete
+    assert repeated_line("a\n\n\n\n\n", 4) is None  # blank lines are not a loop
+    assert repeated_line("x = 1\nx = 1\nx = 2\nx = 1\nx = 1\n", 4) is None
+    assert repeated_line("x\nx\nx\nx\n", 0) is None
+
+
+def test_generation_stops_when_the_answer_repeats_a_line(monkeypatch):
+    from ssa_code.models import default_tokenizer
+
+    tok = default_tokenizer()
+    seq = tok.encode("print(x)\n", add_special_tokens=False) * 10
+
+    def logits_for(i: int) -> torch.Tensor:
+        out = torch.full((len(tok),), -1e9)
+        out[seq[i]] = 0.0
+        return out
+
+    class LoopingDecoder:
+        """Stands in for the model: answers "print(x)" line after line."""
+
+        def __init__(self, model, cache):
+            self.i = 0
+
+        def __call__(self, token):
+            self.i += 1
+            return logits_for(self.i)
+
+    monkeypatch.setattr("ssa_code.engine.decode.Decoder", LoopingDecoder)
+    steps = list(generate(None, None, logits_for(0), tok, GenerationConfig(max_new_tokens=len(seq)), stop_ids=[]))
+    assert "".join(s.text for s in steps) == "print(x)\n" * 4
+    # stop_repeats=0: only max_new_tokens ends it.
+    steps = list(generate(None, None, logits_for(0), tok, GenerationConfig(max_new_tokens=len(seq), stop_repeats=0),
+                          stop_ids=[]))
+    assert len(steps) == len(seq)
