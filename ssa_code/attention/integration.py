@@ -7,7 +7,7 @@ hand-off slot (``handoff.py``) together with the exact key tensor it returned;
 :func:`ssa_attention` accepts the hand-off only for that tensor. Anything else (no cache, another cache
 class) falls back to PyTorch SDPA, i.e. dense attention.
 
-Tested with transformers 5.17 (``update(key, value, layer_idx)``) and 5.24 (``update`` gets
+Tested with transformers 5.17 (``update(key, value, layer_idx)``), 5.24 and 5.25 (``update`` gets
 ``kwargs``) on the Llama, Mistral, Qwen2 and Qwen3 families.
 """
 
