@@ -112,12 +112,14 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
     group = hq // hkv
     dev = q.device
     ct = compute_dtype
-    # The attended buffer ranges, then the chunk's own keys: read as slices of the buffer (views,
-    # converted to the compute dtype per range), never gathered into one copy.
+    # The attended buffer ranges, then the chunk's own keys, gathered once per call: one
+    # [Hkv, T + M, D] copy is far smaller than a prefill chunk's logits, which one product per
+    # range had to be concatenated into (a 2048-query chunk over 5.3K keys: 1.5x faster on the
+    # 2-core CPU; decode unchanged).
     spans = range_list(ranges, cap)
     t = sum(e - s for s, e in spans)
-    k_parts = [k_buf[:, s:e] for s, e in spans] + [k_new]
-    v_parts = [v_buf[:, s:e] for s, e in spans] + [v_new]
+    k_all = torch.cat([k_buf[:, s:e] for s, e in spans] + [k_new], 1).to(ct)
+    v_all = torch.cat([v_buf[:, s:e] for s, e in spans] + [v_new], 1).to(ct)
     acc_t = torch.float32 if ct != torch.float64 else ct
     bias_buf = torch.cat([bias[:, s:e] for s, e in spans] or [bias[:, :0]], 1).to(acc_t)  # [Hkv, T]
     # GQA without copying K/V per query head: the G heads of a KV group are one batch entry,
@@ -130,24 +132,21 @@ def tier_attention_ref(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, *,
         i1 = min(m, i0 + step)
         c = i1 - i0
         qc = q_g[:, :, i0:i1].to(ct).reshape(hkv, group * c, d)
-        logits = torch.cat([torch.matmul(qc, kp.to(ct).transpose(1, 2)) for kp in k_parts], 2)
         # Bias and causal mask added in float32 (or float64) whatever the compute dtype.
-        logits = (logits * scale).to(acc_t)  # [Hkv, G * c, T + M]
+        logits = (torch.matmul(qc, k_all.transpose(1, 2)) * scale).to(acc_t)  # [Hkv, G * c, T + M]
         logits[:, :, :t] += bias_buf[:, None, :]
         qi = torch.arange(i0, i1, device=dev).repeat(group)[:, None]
         kj = torch.arange(m, device=dev)[None, :]
         logits[:, :, t:].masked_fill_((kj > qi)[None] | (not with_new), float("-inf"))
-        row_lse = torch.logsumexp(logits, dim=-1)
-        lse[:, :, i0:i1] = row_lse.float().view(hkv, group, c)
-        # Softmax from the lse, in place; a row that sees no key (lse -inf) gets p = 0, not NaN.
-        shift = torch.where(torch.isfinite(row_lse), row_lse, 0.0)
-        p = logits.sub_(shift[:, :, None]).exp_().to(ct)
-        o, j = None, 0
-        for vp in v_parts:
-            n = vp.shape[1]
-            part = torch.matmul(p[:, :, j:j + n], vp.to(ct))
-            o = part if o is None else o + part
-            j += n
+        # Softmax as the kernel computes it: exp of the logits less the row max, in place, and
+        # the division by their sum after the product with V. A row that sees no key (max
+        # -inf) gets p = 0, out 0 and lse -inf, not NaN.
+        row_max = logits.amax(-1)
+        shift = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        p = logits.sub_(shift[:, :, None]).exp_()
+        total = p.sum(-1)
+        lse[:, :, i0:i1] = (shift + total.log()).float().view(hkv, group, c)
+        o = torch.matmul(p.to(ct), v_all) / torch.where(total > 0, total, 1.0)[:, :, None].to(ct)
         out[:, :, i0:i1] = o.view(hkv, group, c, d)
     return out.view(hq, m, d).to(out_dtype or q.dtype), lse.view(hq, m)
 
