@@ -92,9 +92,10 @@ def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
     if tokenizer_digest(tokenizer) != hay.meta.get("tokenizer"):
         raise ValueError(f"{tokens}: packed with another tokenizer than the tiny model's")
     lines = LineBoundaries(tokenizer)
+    packed = _without_tree({"haystack": hay.meta})["haystack"]
     checked = 0
     for folder, cells, meta in runs:
-        if _without_tree(meta)["haystack"] != _without_tree({"haystack": hay.meta})["haystack"]:
+        if _without_tree(meta)["haystack"] != packed:
             raise ValueError(f"{folder}: its haystack is not {tokens} (beyond the tree id)")
         for length in sorted({c.length for c in cells if not lengths or c.length in lengths}):
             # Every planned cell is listed, run or not: the depths give the grid they came from.
