@@ -49,6 +49,10 @@ class SSAConfig:
             the store's keys per layer and question) instead of the index's bounds, and the
             answer keeps them (``SSACache.select_exact``). On the tiny model the bounds rank a
             needle's block about at chance; exact attention ranks it near the top.
+        exact_before, exact_after: the exact choice stages the best ``top_k // (1 +
+            exact_before + exact_after)`` blocks each with that many neighbours in front of
+            and behind it (then the next best), so that a line straddling a block boundary
+            stays whole (``scoring.pick_with_neighbours``).
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -92,6 +96,8 @@ class SSAConfig:
     top_k: int = 32
     threshold: float = 0.0
     exact_question: bool = True
+    exact_before: int = 0
+    exact_after: int = 1
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -105,7 +111,8 @@ class SSAConfig:
     kernels: KernelChoice = "auto"
 
     def __post_init__(self) -> None:
-        nonneg = ("sinks", "pinned", "heavy", "summaries", "summary_tokens", "top_k", "score_queries")
+        nonneg = ("sinks", "pinned", "heavy", "summaries", "summary_tokens", "top_k", "score_queries",
+                  "exact_before", "exact_after")
         positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
                     "rebase_every", "chunk_size", "decode_refresh", "decode_evict")
         for name in nonneg:

@@ -43,7 +43,7 @@ from ssa_code.attention.anchors import select_heavy_hitters
 from ssa_code.attention.config import SSAConfig
 from ssa_code.attention.consolidation import Consolidated
 from ssa_code.attention.positions import effective_positions, rotate, rotate_box
-from ssa_code.attention.scoring import exact_block_scores, pick_with_successors, top_entries
+from ssa_code.attention.scoring import exact_block_scores, pick_with_neighbours, top_entries
 from ssa_code.attention.staging import Stager
 from ssa_code.attention.store import BlockStore, make_store, to_device_runs
 
@@ -126,6 +126,9 @@ class SSALayer(CacheLayerMixin):
         self.restage = False
         # The staging tier holds the question's exact choice (_exact_select): decode keeps it.
         self.exact_staged = False
+        # The last exact choice's block scores [H, N] (after masking held blocks), kept for
+        # diagnostics (the needle benchmark reports the needle's rank in them).
+        self.exact_scores: torch.Tensor | None = None
         self.decode_steps = 0
         self._prepare_at = 0  # decode step from which the pending selection is prepared
         self._ranges_cache: dict[tuple, torch.Tensor] = {}
@@ -578,7 +581,7 @@ class SSALayer(CacheLayerMixin):
     def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
         """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
         queries (of ``q [Hq, M, D]``) over every stored block (:meth:`_exact_scores`,
-        :func:`pick_with_successors`). Blocks whose every token the pinned or heavy tier
+        :func:`pick_with_neighbours`). Blocks whose every token the pinned or heavy tier
         already holds are not chosen.
         """
         cfg, h, b = self.cfg, self.heads, self.cfg.block_size
@@ -590,7 +593,8 @@ class SSALayer(CacheLayerMixin):
             blk = torch.where(held >= cfg.sinks, (held - cfg.sinks) // b, nb).clamp(max=nb)
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
-        return pick_with_successors(scores, cfg.top_k)
+        self.exact_scores = scores
+        return pick_with_neighbours(scores, cfg.top_k, cfg.exact_before, cfg.exact_after)
 
     def _exact_scores(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """``[H, N]`` exact block scores of queries ``q [Hq, M, D]`` over every stored block, as

@@ -15,7 +15,7 @@ that holds the blocks lives.
 
 The scores come from ``ssa_code.kernels.score_blocks`` (Triton on CUDA, PyTorch elsewhere).
 
-Exact question-time selection (:func:`exact_block_scores`, :func:`pick_with_successors`):
+Exact question-time selection (:func:`exact_block_scores`, :func:`pick_with_neighbours`):
 for the question chunk only (``SSACache.select_exact``), blocks are ranked by the attention
 the question's last ``observe`` queries would really give them, read from the whole store,
 instead of by the index's bounds. On the bundled tiny model (CPU, needle benchmark, issue 6)
@@ -153,13 +153,15 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
     return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
 
 
-def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
+def pick_with_neighbours(scores: torch.Tensor, top_k: int, before: int = 0, after: int = 1) -> np.ndarray:
     """``[H, N]`` block scores -> ``[H, top_k]`` block ids (``-1`` = none), on the host.
 
-    The best ``top_k // 2`` blocks (at least one), each followed by the block after it, then
-    the next best blocks until ``top_k`` distinct ids are chosen. The successor keeps a line
-    that straddles a block boundary (a needle's value after its key) whole. Scores of
-    ``-inf`` (blocks not worth staging) are never chosen.
+    The best ``top_k // (1 + before + after)`` blocks (at least one), each with the ``before``
+    blocks in front of it and the ``after`` blocks behind it, then the next best blocks until
+    ``top_k`` distinct ids are chosen. The neighbours keep a line that straddles a block
+    boundary whole: a needle's value after its key (``after``), or a key whose first tokens
+    end the block before (``before``). Scores of ``-inf`` (blocks not worth staging) are never
+    chosen, neighbours included.
     """
     h, n = scores.shape
     out = np.full((h, top_k), -1, dtype=np.int64)
@@ -167,19 +169,19 @@ def pick_with_successors(scores: torch.Tensor, top_k: int) -> np.ndarray:
         return out
     # The 2 * top_k best blocks are candidates enough: they alone hold top_k distinct ids.
     best_s, best_i = torch.topk(scores.float(), min(n, 2 * top_k), dim=-1)
-    # Whether each candidate's successor may be staged: [H, 2 * top_k] to the host, not [H, N].
-    nxt = best_i + 1
-    succ = (nxt < n) & torch.isfinite(scores.gather(1, nxt.clamp(max=n - 1)))
-    ok, best, succ = (t.cpu().numpy() for t in (torch.isfinite(best_s), best_i, succ))
-    half = max(1, top_k // 2)
+    # Which neighbours of each candidate may be staged: [H, 2 * top_k, span] to the host, not [H, N].
+    offsets = [d for d in range(-before, after + 1) if d != 0]
+    near = best_i[..., None] + torch.tensor(offsets, dtype=best_i.dtype, device=best_i.device)
+    near_ok = (near >= 0) & (near < n)
+    if offsets:
+        near_ok &= torch.isfinite(scores.gather(1, near.clamp(0, n - 1).flatten(1))).view_as(near)
+    ok, best, near, near_ok = (t.cpu().numpy() for t in (torch.isfinite(best_s), best_i, near, near_ok))
+    lead = max(1, top_k // (1 + len(offsets)))
     for head in range(h):
-        order = best[head][ok[head]]
-        has_succ = succ[head][ok[head]]
-        pairs = []
-        for block, follow in zip(order[:half].tolist(), has_succ[:half].tolist()):
-            pairs.append(block)
-            if follow:
-                pairs.append(block + 1)
-        row = list(dict.fromkeys(pairs + order.tolist()))[:top_k]
+        row: list[int] = []
+        for j in np.flatnonzero(ok[head])[:lead]:
+            row.append(int(best[head, j]))
+            row.extend(near[head, j][near_ok[head, j]].tolist())
+        row = list(dict.fromkeys(row + best[head][ok[head]].tolist()))[:top_k]
         out[head, : len(row)] = row
     return out

@@ -392,6 +392,7 @@ class Cell:
     copies: int = 1
     needle_held: float | None = None
     note: str = ""
+    diag: dict | None = None
 
 
 def _sync(device) -> None:
@@ -401,13 +402,16 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
+def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int = -1) -> tuple[list[int], dict]:
     """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``.
 
     The haystack is prefilled in ``cfg.chunk_size`` chunks and the cue as one final chunk.
     With ``cfg.exact_question`` the cue chooses its blocks by exact attention over the store
     (``SSACache.select_exact``), as ``ssa-code ask`` does for a question; a method without a
     store has nothing to choose from. ``stats["exact_question"]`` says whether it did.
+    ``stats["diag"]``: where the needle stood when the answer started, per layer and KV head
+    (:func:`needle_held_per_head`, :func:`needle_block_ranks`) and in the first answer token's
+    distribution (:func:`first_token_view` of ``first_id``, the value's first token).
     """
     import torch
 
@@ -429,7 +433,11 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[i
         exact = cfg.exact_question and cfg.staging > 0
         cache.select_exact = exact
         logits = prefill(model, cache, ids[:, split:], chunk_size=cfg.chunk_size)[0]
-        held = needle_held(cache, prompt.needle_pos, prompt.needle_len)
+        per_head = needle_held_per_head(cache, prompt.needle_pos, prompt.needle_len)
+        held = sum(per_head) / len(per_head) if per_head else 0.0
+        diag = {"held": [round(x, 3) for x in per_head],
+                "ranks": needle_block_ranks(cache, prompt.needle_pos, prompt.needle_len),
+                "first": first_token_view(logits, first_id)}
         out: list[int] = []
         for i in range(new_tokens):
             tok = int(torch.argmax(logits))
@@ -439,20 +447,20 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device) -> tuple[list[i
         _sync(device)
         stats = {"gpu_bytes": cache.gpu_bytes(), "store_bytes": cache.store_bytes(),
                  "pinned_overflow": int(getattr(cache, "pinned_overflow", 0)), "needle_held": held,
-                 "exact_question": exact}
+                 "exact_question": exact, "diag": diag}
     finally:
         cache.close()
     return out, stats
 
 
-def needle_held(cache, start: int, n: int) -> float:
-    """Share of the needle line's ``n`` tokens from ``start`` held at full resolution, averaged
-    over layers and KV heads, when the answer starts.
+def needle_held_per_head(cache, start: int, n: int) -> list[float]:
+    """Share of the needle line's ``n`` tokens from ``start`` held at full resolution, per layer
+    and KV head (layer-major), when the answer starts; the report's ``needle_held`` is their mean.
 
     Full resolution: a token slot of the tier buffer (sinks, pinned, heavy hitters, staged
-    blocks, window) whose bias lets it be attended; summaries do not count. 1.0 means every
-    layer can read the whole needle line; a wrong answer then points at the model, a low value at
-    the selection (or eviction) of its block.
+    blocks, window) whose bias lets it be attended; summaries do not count. 1.0 everywhere means
+    every layer can read the whole needle line; a wrong answer then points at the model, a low
+    value at the selection (or eviction) of its block.
     """
     import torch
 
@@ -465,7 +473,39 @@ def needle_held(cache, start: int, n: int) -> float:
         for head in range(pos.shape[0]):
             held = pos[head][token_slot & torch.isfinite(bias[head])]
             shares.append(float(torch.isin(span, held).float().mean()))
-    return sum(shares) / len(shares) if shares else 0.0
+    return shares
+
+
+def needle_block_ranks(cache, start: int, n: int) -> list[list[int]] | None:
+    """Per layer and KV head (layer-major), the rank (0 = best) of each stored block holding a
+    needle token in the question's exact choice (``SSALayer.exact_scores``), or None where no
+    question chose exactly. A block that the pinned or heavy tier holds whole was not a candidate
+    and ranks last."""
+    ranks: list[list[int]] = []
+    for layer in cache.layers:
+        scores = getattr(layer, "exact_scores", None)
+        if scores is None:
+            return None
+        scores = scores.float().cpu()
+        b, sinks = layer.cfg.block_size, layer.cfg.sinks
+        blocks = sorted({(p - sinks) // b for p in range(max(start, sinks), start + n)})
+        for head in range(scores.shape[0]):
+            ranks.append([int((scores[head] > scores[head, blk]).sum()) if blk < scores.shape[1] else -1
+                          for blk in blocks])
+    return ranks
+
+
+def first_token_view(logits, first_id: int, top: int = 5) -> dict:
+    """The first answer token's distribution: the expected token's probability and rank, and the
+    ``top`` most likely tokens with theirs."""
+    import torch
+
+    p = torch.softmax(logits.float().flatten(), -1)
+    best = torch.topk(p, top)
+    out = {"top": [[int(i), round(float(v), 4)] for v, i in zip(best.values, best.indices)]}
+    if 0 <= first_id < p.numel():
+        out["want"] = [first_id, round(float(p[first_id]), 4), int((p > p[first_id]).sum())]
+    return out
 
 
 def run_dense(model, prompt: Prompt, new_tokens: int, device) -> tuple[list[int], dict]:
@@ -622,10 +662,11 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
 def _answer(m: str, prompt: Prompt, tokenizer, configs, ssa_model, dense_model, dev) -> tuple[list[int], dict]:
     """Method ``m``'s greedy continuation of ``prompt`` (the value's tokens and one more) and
     its stats."""
-    new_tokens = len(encode(tokenizer, prompt.asked.value)) + 1
+    value_ids = encode(tokenizer, prompt.asked.value)
+    new_tokens = len(value_ids) + 1
     if m == "dense":
         return run_dense(dense_model, prompt, new_tokens, dev)
-    return run_ssa(ssa_model, configs[m], prompt, new_tokens, dev)
+    return run_ssa(ssa_model, configs[m], prompt, new_tokens, dev, first_id=int(value_ids[0]))
 
 
 def _warm_up(methods: Sequence[str], length: int, hay: Haystack, lines: LineBoundaries, tokenizer,
@@ -675,6 +716,7 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
     cell.store_bytes = stats["store_bytes"]
     cell.pinned_overflow = stats["pinned_overflow"]
     cell.needle_held = stats.get("needle_held")
+    cell.diag = stats.get("diag")
     log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
         f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
     return cell

@@ -9,7 +9,7 @@ import torch
 from ssa_code import SSACache, patch
 from ssa_code.attention.positions import rotate
 from ssa_code.attention.store import HostStore
-from ssa_code.attention.scoring import exact_block_scores, pick_with_successors
+from ssa_code.attention.scoring import exact_block_scores, pick_with_neighbours
 from ssa_code.engine.decode import Decoder
 from ssa_code.engine.prefill import prefill
 
@@ -58,20 +58,34 @@ def test_exact_block_scores_in_bfloat16_stay_close():
     assert err < 1e-4, f"bfloat16 inputs: error {err:.2e}"
 
 
-def test_pick_with_successors():
+def test_pick_with_neighbours():
     scores = torch.tensor([[0.0, 1.0, 5.0, 2.0, 4.0, 3.0, -1.0, -2.0],
                            [9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]])
-    ids = pick_with_successors(scores, 4)
+    ids = pick_with_neighbours(scores, 4)
     # Head 0: best two (2, 4) each with its successor (3, 5). Head 1: block 0 with 1, block 7 has
     # no successor, then the next best (6).
     assert ids.tolist() == [[2, 3, 4, 5], [0, 1, 7, 6]]
     # Adjacent best blocks share a successor; the freed slots go to the next best.
     scores = torch.tensor([[1.0, 9.0, 8.0, 0.0, 5.0, 4.0]])
-    assert pick_with_successors(scores, 4).tolist() == [[1, 2, 3, 4]]
+    assert pick_with_neighbours(scores, 4).tolist() == [[1, 2, 3, 4]]
     # Blocks not worth staging (-inf) are never chosen, not even as a successor; short rows pad with -1.
     scores = torch.tensor([[3.0, float("-inf"), 1.0]])
-    assert pick_with_successors(scores, 4).tolist() == [[0, 2, -1, -1]]
-    assert pick_with_successors(torch.tensor([[1.0, 2.0]]), 1).tolist() == [[1]]
+    assert pick_with_neighbours(scores, 4).tolist() == [[0, 2, -1, -1]]
+    assert pick_with_neighbours(torch.tensor([[1.0, 2.0]]), 1).tolist() == [[1]]
+
+
+def test_pick_with_neighbours_on_both_sides():
+    scores = torch.tensor([[0.0, 1.0, 5.0, 2.0, 4.0, 3.0, -1.0, -2.0, 7.0]])
+    # top_k 6 with one block each side: the best two (8, 2) lead; 8 has no successor and 7 in
+    # front of it; 2 brings 1 and 3; the freed slot goes to the next best (4).
+    assert pick_with_neighbours(scores, 6, before=1, after=1).tolist() == [[8, 7, 2, 1, 3, 4]]
+    # No neighbours: the plain top_k.
+    assert pick_with_neighbours(scores, 3, before=0, after=0).tolist() == [[8, 2, 4]]
+    # Two blocks behind: a third of top_k leads.
+    assert pick_with_neighbours(scores, 6, before=0, after=2).tolist() == [[8, 2, 3, 4, 5, 1]]
+    # A predecessor not worth staging (-inf) is skipped.
+    scores = torch.tensor([[float("-inf"), 5.0, 1.0, 0.5]])
+    assert pick_with_neighbours(scores, 3, before=1, after=1).tolist() == [[1, 2, 3]]
 
 
 def test_a_planted_block_is_chosen_with_its_successor():
