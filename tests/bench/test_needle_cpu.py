@@ -52,3 +52,15 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
     assert all(c.needle_held == 0.0 for c in by["streaming"])
     assert all(c.needle_held > 0.0 for c in by["ssa"] if c.correct)
     assert all(c.needle_held is None for c in by["dense"])
+    # Per head: the shares average to needle_held; the cue chose exactly, so the needle's blocks
+    # have ranks in every layer and head; where SSA answered, its first token was the argmax.
+    heads = 7 * 2  # the tiny model's layers x KV heads
+    for c in by["ssa"]:
+        assert len(c.diag["held"]) == heads
+        assert abs(sum(c.diag["held"]) / heads - c.needle_held) < 1e-2
+        assert len(c.diag["ranks"]) == heads and all(len(r) >= 1 for r in c.diag["ranks"])
+        token, prob, rank = c.diag["first"]["want"]
+        if c.correct:
+            assert rank == 0 and c.diag["first"]["top"][0] == [token, prob]
+    assert all(c.diag is None for c in by["dense"])
+    assert all(c.diag["ranks"] is None for c in by["streaming"])
