@@ -303,6 +303,27 @@ class SSACache(Cache):
             raise ValueError(f"unreadable state file {path}: {exc}") from None
         return cache
 
+    def checkpoint(self) -> dict[str, Any]:
+        """An in-memory copy of the whole state to :meth:`rewind` to, e.g. to ask several
+        questions of one prefill. Costs the fixed tiers once more (on their device); the store
+        is kept by its length, so a rewind must not go past a :meth:`close`."""
+        if not all(layer.is_initialized for layer in self.layers):
+            raise ValueError("cannot checkpoint an SSACache that has not seen any token")
+        return {"layers": [layer.checkpoint() for layer in self.layers], "pinned": self.pinned.spans(),
+                "pinned_overflow": self.pinned_overflow,
+                "source_mass": None if self._source_mass is None else self._source_mass.clone()}
+
+    def rewind(self, checkpoint: dict[str, Any]) -> None:
+        """Return to the state :meth:`checkpoint` copied, as if nothing had come after it."""
+        for layer, state in zip(self.layers, checkpoint["layers"]):
+            layer.rewind(state)
+        self.pinned = PinnedSpans()
+        for start, end in checkpoint["pinned"]:
+            self.pinned.add(int(start), int(end))
+        self.pinned_overflow = checkpoint["pinned_overflow"]
+        mass = checkpoint["source_mass"]
+        self._source_mass = None if mass is None else mass.clone()
+
     def close(self) -> None:
         for layer in self.layers:
             if layer.is_initialized:

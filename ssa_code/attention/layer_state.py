@@ -154,6 +154,13 @@ class SSALayer(CacheLayerMixin):
     OPTIONAL_COUNTERS = {"exact_staged": 0}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = self._fixed_state()
+        for field, t in self.store.state().items():
+            out[f"store.{field}"] = t
+        return out
+
+    def _fixed_state(self) -> dict[str, torch.Tensor]:
+        """The state's tensors but the store's blocks (what :meth:`state_tensors` adds)."""
         out = {"k": self.k, "v": self.v, "k_raw": self.k_raw, "pos": self.pos, "eff": self.eff, "bias": self.bias,
                "mass": self.mass, "index_rot": self.index_rot}
         for tier_name, tier in (("summaries", self.summaries), ("index", self.index)):
@@ -161,10 +168,22 @@ class SSALayer(CacheLayerMixin):
                 t = getattr(tier, field)
                 if t is not None:
                     out[f"{tier_name}.{field}"] = t
-        for field, t in self.store.state().items():
-            out[f"store.{field}"] = t
         out["store.staged_ids"] = self.staged_ids
         return out
+
+    def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, int], int]:
+        """An in-memory copy of the state for :meth:`rewind`: the fixed tensors cloned where they
+        live, the counters, and the store's length (blocks are only appended, so the length
+        alone brings the store back)."""
+        tensors = {name: t.clone() for name, t in self._fixed_state().items()}
+        return tensors, self.counters(), self.store.num_blocks
+
+    def rewind(self, checkpoint: tuple[dict[str, torch.Tensor], dict[str, int], int]) -> None:
+        """Return to what :meth:`checkpoint` copied (the copy stays usable for another rewind)."""
+        tensors, counters, blocks = checkpoint
+        self.store.truncate(blocks)
+        self.restore(tensors, counters)
+        self.exact_scores = None
 
     def counters(self) -> dict[str, int]:
         out = {name: int(getattr(self, name)) for name in (*self.COUNTERS, *self.OPTIONAL_COUNTERS)}

@@ -112,6 +112,12 @@ class BlockStore:
     def nbytes(self) -> int:
         return 0
 
+    def truncate(self, n: int) -> None:
+        """Forget every block from id ``n`` on (a rewind: blocks are only ever appended)."""
+        if not 0 <= n <= self.num_blocks:
+            raise ValueError(f"cannot truncate a store of {self.num_blocks} blocks to {n}")
+        self.num_blocks = n
+
     def state(self) -> dict[str, torch.Tensor]:
         """All blocks as CPU tensors ``[H, N, B, D]`` (for saving the state)."""
         raise NotImplementedError
@@ -244,6 +250,11 @@ class _PagedStore(BlockStore):
             n = min(piece, PAGE_BLOCKS - slot, self.num_blocks - first)
             yield first, self.k_pages[page][slot:slot + n]
             first += n
+
+    def truncate(self, n: int) -> None:
+        # A pending write lands in slots below num_blocks as reserved: let it finish first.
+        self._flush()
+        super().truncate(n)
 
     def _page_rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Numpy views ``[PAGE_BLOCKS * H, B * D]`` of the pages, made once per page."""
