@@ -402,7 +402,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int = -1) -> tuple[list[int], dict]:
+def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int = -1,
+            variants: dict[str, Any] | None = None) -> tuple[list[int], dict]:
     """Chunked prefill into an SSACache with ``cfg``, then greedy decoding of ``new_tokens``.
 
     The haystack is prefilled in ``cfg.chunk_size`` chunks and the cue as one final chunk.
@@ -412,6 +413,11 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
     ``stats["diag"]``: where the needle stood when the answer started, per layer and KV head
     (:func:`needle_held_per_head`, :func:`needle_block_ranks`) and in the first answer token's
     distribution (:func:`first_token_view` of ``first_id``, the value's first token).
+    ``variants``: name -> a config differing from ``cfg`` in :data:`QUESTION_FIELDS` only; after
+    the answer, the cache is rewound to the end of the haystack (``SSACache.checkpoint``) and
+    the cue answered again with each, so they are compared on one prefill;
+    ``stats["variants"][name]`` holds their token ids and diagnostics, ``stats
+    ["variant_seconds"]`` their time.
     """
     import torch
 
@@ -428,29 +434,76 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
         # block selection for the answer is then driven by the cue's queries alone.
         split = ids.shape[1] - prompt.cue_len
         prefill(model, cache, ids[:, :split], chunk_size=cfg.chunk_size, anchors=anchors)
-        # Where the cache offers it, the question (cue) chooses its blocks by exact attention over
-        # the whole store instead of the index's bounds (see BENCHMARKS.md, needle, issue 6).
-        exact = cfg.exact_question and cfg.staging > 0
-        cache.select_exact = exact
-        logits = prefill(model, cache, ids[:, split:], chunk_size=cfg.chunk_size)[0]
-        per_head = needle_held_per_head(cache, prompt.needle_pos, prompt.needle_len)
-        held = sum(per_head) / len(per_head) if per_head else 0.0
-        diag = {"held": [round(x, 3) for x in per_head],
-                "ranks": needle_block_ranks(cache, prompt.needle_pos, prompt.needle_len),
-                "first": first_token_view(logits, first_id)}
-        out: list[int] = []
-        for i in range(new_tokens):
-            tok = int(torch.argmax(logits))
-            out.append(tok)
-            if i + 1 < new_tokens:
-                logits = forward_tokens(model, cache, torch.tensor([[tok]], device=device))
-        _sync(device)
-        stats = {"gpu_bytes": cache.gpu_bytes(), "store_bytes": cache.store_bytes(),
-                 "pinned_overflow": int(getattr(cache, "pinned_overflow", 0)), "needle_held": held,
-                 "exact_question": exact, "diag": diag}
+        saved = cache.checkpoint() if variants else None
+        out, stats = _answer_cue(model, cache, cfg, ids[:, split:], prompt, new_tokens, device, first_id)
+        stats.update(gpu_bytes=cache.gpu_bytes(), store_bytes=cache.store_bytes(),
+                     pinned_overflow=int(getattr(cache, "pinned_overflow", 0)))
+        if variants:
+            t = time.time()
+            stats["variants"] = {}
+            for name, vcfg in variants.items():
+                cache.rewind(saved)
+                for layer in cache.layers:
+                    layer.cfg = vcfg
+                v_out, v_stats = _answer_cue(model, cache, vcfg, ids[:, split:], prompt, new_tokens, device,
+                                             first_id)
+                stats["variants"][name] = {"ids": v_out, "needle_held": v_stats["needle_held"],
+                                           "diag": v_stats["diag"]}
+            stats["variant_seconds"] = time.time() - t
     finally:
         cache.close()
     return out, stats
+
+
+# SSAConfig fields that only a question's chunk reads: a variant may change these alone, since
+# it shares the haystack's prefill with the configuration it varies (run_ssa).
+QUESTION_FIELDS = ("exact_before", "exact_after")
+
+
+def question_variants(cfg, specs: Sequence[str]) -> dict[str, Any]:
+    """``["before1:exact_before=1", "wide:exact_before=1;exact_after=2"]`` -> name -> ``cfg``
+    with those :data:`QUESTION_FIELDS` changed. Raises ValueError for anything else."""
+    from ssa_code.fields import parse_fields
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, body = spec.partition(":")
+        name = name.strip()
+        if not sep or not name or name in out or not body.strip():
+            raise ValueError(f"--question-variant wants a new NAME:FIELD=VALUE[;...], got {spec!r}")
+        exclude = [f for f in cfg.__dataclass_fields__ if f not in QUESTION_FIELDS]
+        out[name] = cfg.replace(**parse_fields(cfg, body.split(";"), "--question-variant", exclude=exclude))
+    return out
+
+
+def _answer_cue(model, cache, cfg, cue, prompt: Prompt, new_tokens: int, device,
+                first_id: int) -> tuple[list[int], dict]:
+    """The cue as one chunk after the haystack (the question's exact choice where ``cfg`` has
+    it), then greedy decoding of ``new_tokens``: ``(token ids, stats)``."""
+    import torch
+
+    from ssa_code.engine.generate import forward_tokens
+    from ssa_code.engine.prefill import prefill
+
+    # Where the cache offers it, the question (cue) chooses its blocks by exact attention over
+    # the whole store instead of the index's bounds (see BENCHMARKS.md, needle, issue 6).
+    exact = cfg.exact_question and cfg.staging > 0
+    cache.select_exact = exact
+    logits = prefill(model, cache, cue, chunk_size=cfg.chunk_size)[0]
+    per_head = needle_held_per_head(cache, prompt.needle_pos, prompt.needle_len)
+    diag = {"held": [round(x, 3) for x in per_head],
+            "ranks": needle_block_ranks(cache, prompt.needle_pos, prompt.needle_len),
+            "first": first_token_view(logits, first_id)}
+    out: list[int] = []
+    for i in range(new_tokens):
+        tok = int(torch.argmax(logits))
+        out.append(tok)
+        if i + 1 < new_tokens:
+            logits = forward_tokens(model, cache, torch.tensor([[tok]], device=device))
+    _sync(device)
+    cache.select_exact = False
+    held = sum(per_head) / len(per_head) if per_head else 0.0
+    return out, {"needle_held": held, "exact_question": exact, "diag": diag}
 
 
 def needle_held_per_head(cache, start: int, n: int) -> list[float]:
@@ -599,7 +652,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   shard: tuple[int, int] = (0, 1),
                   warmup: bool = True, skip: Collection[tuple] = (),
                   only: Collection[tuple] | None = None, jitter: int = 0, log=print,
-                  on_progress=None) -> list[Cell]:
+                  on_progress=None, variants: dict[str, Any] | None = None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
@@ -613,6 +666,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     ``jitter``: see :func:`build_prompt` (0: a depth is the same haystack line in every seed).
     ``dtype``: the model's dtype for every method (:func:`model_dtype`; ``auto``: bfloat16 on
     CUDA, float32 on the CPU).
+    ``variants``: SSA configs answering each SSA cell's cue again on the same prefill
+    (:func:`run_ssa`; :func:`question_variants` builds them), reported in ``Cell.diag``.
     ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
     first answers one unrecorded prompt of the shortest length, so that compiling the kernels
     (about 40 s on an H200) counts in no cell's seconds nor in the time estimates that decide
@@ -653,20 +708,22 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
             prompt = cell_prompt(hay, lines, tokenizer, seed, length, k, di, depths, jitter)
             prompt_key = (length, k, di)
         cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs, ssa_model, dense_model,
-                               dev, dense_max, t0 + max_seconds, last_rate, log))
+                               dev, dense_max, t0 + max_seconds, last_rate, log, variants))
         if on_progress is not None and (i + 1 == len(mine) or mine[i + 1][:2] != (r, length)):
             on_progress(cells)
     return cells
 
 
-def _answer(m: str, prompt: Prompt, tokenizer, configs, ssa_model, dense_model, dev) -> tuple[list[int], dict]:
+def _answer(m: str, prompt: Prompt, tokenizer, configs, ssa_model, dense_model, dev,
+            variants: dict[str, Any] | None = None) -> tuple[list[int], dict]:
     """Method ``m``'s greedy continuation of ``prompt`` (the value's tokens and one more) and
-    its stats."""
+    its stats; SSA's also ``variants``' (:func:`run_ssa`)."""
     value_ids = encode(tokenizer, prompt.asked.value)
     new_tokens = len(value_ids) + 1
     if m == "dense":
         return run_dense(dense_model, prompt, new_tokens, dev)
-    return run_ssa(ssa_model, configs[m], prompt, new_tokens, dev, first_id=int(value_ids[0]))
+    return run_ssa(ssa_model, configs[m], prompt, new_tokens, dev, first_id=int(value_ids[0]),
+                   variants=variants if m == "ssa" else None)
 
 
 def _warm_up(methods: Sequence[str], length: int, hay: Haystack, lines: LineBoundaries, tokenizer,
@@ -685,7 +742,7 @@ def _warm_up(methods: Sequence[str], length: int, hay: Haystack, lines: LineBoun
 
 def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokenizer, configs,
               ssa_model, dense_model, dev, dense_max: int, deadline: float,
-              last_rate: dict[str, float], log) -> Cell:
+              last_rate: dict[str, float], log, variants: dict[str, Any] | None = None) -> Cell:
     import torch
 
     value = prompt.asked.value
@@ -701,12 +758,13 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
         return cell
     t = time.time()
     try:
-        out, stats = _answer(m, prompt, tokenizer, configs, ssa_model, dense_model, dev)
+        out, stats = _answer(m, prompt, tokenizer, configs, ssa_model, dense_model, dev, variants)
     except torch.cuda.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         cell.note = f"out of memory: {str(e)[:120]}"
         return cell
-    dt = time.time() - t
+    # The variants' answers (one prefill, see run_ssa) are not the method's time.
+    dt = time.time() - t - stats.get("variant_seconds", 0.0)
     last_rate[m] = dt / prompt.ids.size
     text = tokenizer.decode(out)
     cell.correct = text.startswith(value)
@@ -717,6 +775,11 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
     cell.pinned_overflow = stats["pinned_overflow"]
     cell.needle_held = stats.get("needle_held")
     cell.diag = stats.get("diag")
+    for name, v in (stats.get("variants") or {}).items():
+        v_text = tokenizer.decode(v["ids"])
+        cell.diag.setdefault("variants", {})[name] = {
+            "output": v_text, "correct": v_text.startswith(value), "needle_held": v["needle_held"], **v["diag"]}
+        log(f"{'':9s} variant {name}: {'OK ' if v_text.startswith(value) else 'no '} got {v_text!r}")
     log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
         f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
     return cell
@@ -1038,6 +1101,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--ssa-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change one SSAConfig field of the ssa method only, for ablations "
                          "(e.g. summaries=0; repeatable; recorded in needle.json's configs)")
+    ap.add_argument("--question-variant", action="append", default=[], metavar="NAME:FIELD=VALUE[;...]",
+                    help="also answer each SSA cell's cue with these question-time fields changed "
+                         f"({', '.join(QUESTION_FIELDS)}), on the same prefill; in needle.json's "
+                         "cells (diag.variants) and meta (question_variants). Repeatable")
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the unrecorded warm-up prompt per method (kernel compilation then "
                          "lands in the first cell's seconds)")
@@ -1109,6 +1176,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             if configs["ssa"].capacity > args.budget + args.block_size:
                 raise ValueError(f"--ssa-set gives ssa {configs['ssa'].capacity} slots, above "
                                  f"--budget {args.budget} (and one spare block)")
+        variants = question_variants(configs["ssa"], args.question_variant)
+        if variants and "ssa" not in methods:
+            raise ValueError("--question-variant needs the ssa method")
     except ValueError as e:
         return fail(str(e))
     depths = depth_grid(args.depths)
@@ -1126,6 +1196,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         "torch": torch.__version__, "argv": list(argv) if argv is not None else sys.argv[1:],
         "shard": list(shard),
     }
+    if variants:
+        meta["question_variants"] = {name: {f: getattr(c, f) for f in QUESTION_FIELDS}
+                                     for name, c in variants.items()}
     skip: set[tuple] = set()
     only: set[tuple] | None = None
     try:
@@ -1153,7 +1226,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                               max_seconds=args.max_minutes * 60, seed=args.seed, device=dev,
                               dtype=args.dtype,
                               rounds=args.rounds, shard=shard, warmup=not args.no_warmup, skip=skip,
-                              only=only, jitter=args.jitter,
+                              only=only, jitter=args.jitter, variants=variants,
                               log=lambda s: print(s, file=sys.stderr, flush=True),
                               on_progress=write)
     except ValueError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ssa_code.bench.needle import method_configs, pack_haystack, run_benchmark
+from ssa_code.bench.needle import method_configs, pack_haystack, question_variants, run_benchmark
 from ssa_code.models import TINY_MODEL_DIR, default_tokenizer
 
 from .test_needle_prompt import committed_copy
@@ -35,7 +35,8 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
                              index_size=256)
     cells = run_benchmark(hay, tok, TINY_MODEL_DIR, lengths=[LENGTH], depths=DEPTHS, keys=[1],
                           methods=["dense", "streaming", "ssa"], configs=configs, dense_max=LENGTH,
-                          max_seconds=1e9, seed=0, device="cpu", log=lambda s: print(s))
+                          max_seconds=1e9, seed=0, device="cpu", log=lambda s: print(s),
+                          variants=question_variants(configs["ssa"], ["same:exact_after=1", "both:exact_before=1"]))
     by = {m: [c for c in cells if c.method == m] for m in ("dense", "streaming", "ssa")}
     stream = configs["streaming"]
     for c in by["streaming"]:
@@ -63,4 +64,22 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
         if c.correct:
             assert rank == 0 and c.diag["first"]["top"][0] == [token, prob]
     assert all(c.diag is None for c in by["dense"])
+    # Variants answer the cue again on the same prefill (rewound): one equal to SSA's own config
+    # answers exactly as it did; every SSA cell carries both.
+    for c in by["ssa"]:
+        same = c.diag["variants"]["same"]
+        assert same["output"] == c.output and same["first"] == c.diag["first"] and same["held"] == c.diag["held"]
+        assert set(c.diag["variants"]) == {"same", "both"}
+    assert all("variants" not in c.diag for c in by["streaming"])
     assert all(c.diag["ranks"] is None for c in by["streaming"])
+
+
+def test_question_variants_change_question_fields_only():
+    cfg = method_configs(640, chunk_size=512, block_size=32, sinks=16, max_position=4096, index_size=256)["ssa"]
+    got = question_variants(cfg, ["a:exact_before=2;exact_after=0"])
+    assert (got["a"].exact_before, got["a"].exact_after, got["a"].top_k) == (2, 0, cfg.top_k)
+    for bad in ["a:top_k=4", "a", ":exact_before=1", "a:exact_before=x", "a:exact_before=-1"]:
+        with pytest.raises(ValueError):
+            question_variants(cfg, [bad])
+    with pytest.raises(ValueError, match="NAME"):
+        question_variants(cfg, ["a:exact_before=1", "a:exact_after=2"])
