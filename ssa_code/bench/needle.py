@@ -1206,8 +1206,21 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             skip = {cell_key(c) for c in _earlier_cells(args.resume, meta, "--resume") if c.correct is not None}
             print(f"--resume: {len(skip)} cells already measured in {args.resume}", file=sys.stderr)
         if args.retry:
-            # A retry usually changes a config (--ssa-set): that is what it is for.
-            prev = _earlier_cells(args.retry, meta, "--retry", allow=("configs",))
+            # A retry usually changes a config (--ssa-set): that is what it is for. A haystack
+            # re-packed on another machine differs in its git tree id (ignored files such as
+            # __pycache__ count there, the packer skips them): the retried prompts are checked.
+            from ssa_code.bench.needle_pool import _without_tree, check_prompts
+
+            prev, prev_meta = read_run(args.retry)
+            same_tokens = (args.tokens is not None
+                           and _without_tree(prev_meta)["haystack"] == _without_tree(meta)["haystack"])
+            prev = _earlier_cells(args.retry, meta, "--retry",
+                                  allow=("configs", "haystack") if same_tokens else ("configs",))
+            if same_tokens and prev_meta.get("haystack") != meta["haystack"]:
+                wanted = {(c.method, c.length, c.keys, c.depth) for c in prev if c.correct is False
+                          and c.method in methods and c.length in lengths and c.keys in keys}
+                check_prompts([(args.retry, prev, prev_meta)], args.tokens,
+                              select=lambda c: (c.method, c.length, c.keys, c.depth) in wanted)
             only = {cell_key(c) for c in prev if c.correct is False}
             meta["retry"] = str(args.retry)
             print(f"--retry: {len(only)} cells answered wrong in {args.retry}", file=sys.stderr)

@@ -77,9 +77,10 @@ def _without_tree(meta: dict) -> dict:
 
 
 def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
-                  lengths: Sequence[int] | None = None) -> int:
+                  lengths: Sequence[int] | None = None, select=None) -> int:
     """Rebuild the prompt of every measured cell of ``runs`` (folder, cells, meta) from the
     haystack file ``tokens`` and compare its length and needle position with the report's.
+    ``select(cell)``: check only the measured cells it accepts (default: all).
 
     Returns the cells checked; raises ValueError at the first that differs."""
     from transformers import AutoTokenizer
@@ -103,7 +104,7 @@ def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
             if depth_grid(len(depths)) != depths:
                 raise ValueError(f"{folder}: the depths at {length} tokens are not a benchmark grid")
             for c in cells:
-                if c.length != length or c.correct is None:
+                if c.length != length or c.correct is None or (select is not None and not select(c)):
                     continue
                 p = cell_prompt(hay, lines, tokenizer, meta["seed"], length, c.keys, depths.index(c.depth),
                                 depths, meta.get("jitter", 0))

@@ -156,6 +156,21 @@ def test_retry_runs_only_the_cells_answered_wrong(tmp_path, monkeypatch, capsys)
     assert main([*args, "--seed", "3", "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--retry" in err and "differs in seed" in err and len(err.splitlines()) == 1
+    # The same haystack packed on another machine (another git tree id, the same tokens): the
+    # retry checks that the missed cell's prompt is the same and runs it.
+    for r in data["meta"]["haystack"]["repos"]:
+        r["tree_id"] = "0" * 40
+    path.write_text(json.dumps(data))
+    assert main([*args, "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "repacked")]) == 0
+    assert [c["depth"] for c in json.loads((tmp_path / "repacked" / "needle.json").read_text())["cells"]] == [0.5]
+    # ... and refuses it when the prompt differs (here: the report's recorded length).
+    for c in data["cells"]:
+        c["prompt_tokens"] += 1
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([*args, "--retry", str(tmp_path / "first"), "--out", str(tmp_path / "bad2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "another prompt" in err and len(err.splitlines()) == 1
 
 
 def test_model_dtype_names():
