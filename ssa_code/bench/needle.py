@@ -779,9 +779,10 @@ def _run_cell(m: str, k: int, length: int, depth: float, prompt: Prompt, tokeniz
         v_text = tokenizer.decode(v["ids"])
         cell.diag.setdefault("variants", {})[name] = {
             "output": v_text, "correct": v_text.startswith(value), "needle_held": v["needle_held"], **v["diag"]}
-        log(f"{'':9s} variant {name}: {'OK ' if v_text.startswith(value) else 'no '} got {v_text!r}")
     log(f"{m:9s} keys={k} len={length:8d} depth={depth:.2f} "
         f"{'OK ' if cell.correct else 'no '} {dt:7.2f}s  want {value!r} got {text!r}")
+    for name, v in (cell.diag or {}).get("variants", {}).items():
+        log(f"{'':9s} variant {name}: {'OK ' if v['correct'] else 'no '} got {v['output']!r}")
     return cell
 
 
