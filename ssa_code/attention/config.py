@@ -53,6 +53,8 @@ class SSAConfig:
             exact_before + exact_after)`` blocks each with that many neighbours in front of
             and behind it (then the next best), so that a line straddling a block boundary
             stays whole (``scoring.pick_with_neighbours``).
+        exact_top_k: at most this many blocks for the exact choice (0: ``top_k``); fewer
+            blocks bring fewer lookalikes beside the one the question needs.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -98,6 +100,7 @@ class SSAConfig:
     exact_question: bool = True
     exact_before: int = 0
     exact_after: int = 1
+    exact_top_k: int = 0
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -112,7 +115,7 @@ class SSAConfig:
 
     def __post_init__(self) -> None:
         nonneg = ("sinks", "pinned", "heavy", "summaries", "summary_tokens", "top_k", "score_queries",
-                  "exact_before", "exact_after")
+                  "exact_before", "exact_after", "exact_top_k")
         positive = ("window", "block_size", "index_size", "heavy_half_life", "observe",
                     "rebase_every", "chunk_size", "decode_refresh", "decode_evict")
         for name in nonneg:

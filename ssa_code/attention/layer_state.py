@@ -613,7 +613,11 @@ class SSALayer(CacheLayerMixin):
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
         self.exact_scores = scores
-        return pick_with_neighbours(scores, cfg.top_k, cfg.exact_before, cfg.exact_after)
+        k = min(cfg.exact_top_k or cfg.top_k, cfg.top_k)
+        ids = pick_with_neighbours(scores, k, cfg.exact_before, cfg.exact_after)
+        if k < cfg.top_k:
+            ids = np.concatenate([ids, np.full((ids.shape[0], cfg.top_k - k), -1, dtype=ids.dtype)], axis=1)
+        return ids
 
     def _exact_scores(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """``[H, N]`` exact block scores of queries ``q [Hq, M, D]`` over every stored block, as

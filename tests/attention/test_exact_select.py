@@ -119,6 +119,12 @@ def test_a_planted_block_is_chosen_with_its_successor():
         assert ids[head, 0] == blk and ids[head, 1] == blk + 1, ids
     assert all(len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in ids)
     assert ((ids >= -1) & (ids < nb)).all()
+    # The question's own cap (exact_top_k) keeps the best blocks with their neighbours, fewer.
+    layer.cfg = layer.cfg.replace(exact_top_k=3, exact_before=1)
+    few = layer._exact_select(q, d ** -0.5)
+    assert few.shape == (h, CFG.top_k) and ((few >= 0).sum(1) == 3).all()
+    for head, blk in enumerate(planted):
+        assert few[head, :3].tolist() == [blk, blk - 1, blk + 1], few
 
 
 @pytest.mark.parametrize("far_distance", [200, 330, None])
