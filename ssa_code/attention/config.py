@@ -53,8 +53,9 @@ class SSAConfig:
             exact_before + exact_after)`` blocks each with that many neighbours in front of
             and behind it (then the next best), so that a line straddling a block boundary
             stays whole (``scoring.pick_with_neighbours``).
-        exact_top_k: at most this many blocks for the exact choice (0: ``top_k``); fewer
-            blocks bring fewer lookalikes beside the one the question needs.
+        exact_top_k: at most this many blocks for the exact choice (0, or more than
+            ``top_k``: ``top_k``, the staging tier's size); fewer blocks bring fewer lookalikes
+            beside the one the question needs.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.

@@ -422,7 +422,6 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
     import torch
 
     from ssa_code import SSACache, patch
-    from ssa_code.engine.generate import forward_tokens
     from ssa_code.engine.prefill import prefill
 
     patch(model, cfg)
