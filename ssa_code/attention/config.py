@@ -53,9 +53,9 @@ class SSAConfig:
             exact_before + exact_after)`` blocks each with that many neighbours in front of
             and behind it (then the next best), so that a line straddling a block boundary
             stays whole (``scoring.pick_with_neighbours``).
-        exact_top_k: at most this many blocks for the exact choice (0, or more than
-            ``top_k``: ``top_k``, the staging tier's size); fewer blocks bring fewer lookalikes
-            beside the one the question needs.
+        exact_top_k: blocks of the exact choice (0: ``top_k``). Fewer bring fewer lookalikes
+            beside the block the question needs; more than ``top_k`` enlarge the staging tier
+            to that many blocks, which prefill chunks and decode still fill with ``top_k``.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -150,9 +150,16 @@ class SSAConfig:
     # -- derived sizes -------------------------------------------------------------------
 
     @property
+    def stage_blocks(self) -> int:
+        """Blocks of the staging tier: ``top_k``, or the question's ``exact_top_k`` if more."""
+        if self.store == "none" or self.top_k == 0:
+            return 0
+        return max(self.top_k, self.exact_top_k)
+
+    @property
     def staging(self) -> int:
-        """Slots for full-resolution blocks fetched for the current query (top_k blocks)."""
-        return self.top_k * self.block_size if self.store != "none" else 0
+        """Slots for full-resolution blocks fetched for the current query (``stage_blocks``)."""
+        return self.stage_blocks * self.block_size
 
     @property
     def ring(self) -> int:

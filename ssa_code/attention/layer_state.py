@@ -115,7 +115,7 @@ class SSALayer(CacheLayerMixin):
         self.n_sink = self.n_pin = self.n_heavy = self.n_stage = 0
         self.frontier = cfg.sinks  # first position still in the window (block grid starts at sinks)
         self.floor = 0  # far keys are shown at positions >= floor (0: true positions)
-        self.staged_ids = torch.full((h, cfg.top_k if cfg.staging else 0), -1, dtype=torch.int64)
+        self.staged_ids = torch.full((h, cfg.stage_blocks), -1, dtype=torch.int64)
         retrieves = bool(cfg.staging and self.index.capacity)
         self.stager = Stager(self) if retrieves else None
         # Decode's entry scores land here (fixed shape: a CUDA graph writes them).
@@ -598,7 +598,7 @@ class SSALayer(CacheLayerMixin):
     EXACT_LOGITS = 1 << 25
 
     def _exact_select(self, q: torch.Tensor, scale: float) -> np.ndarray:
-        """``[H, top_k]`` block ids chosen by exact attention of the chunk's last ``observe``
+        """``[H, stage_blocks]`` block ids chosen by exact attention of the chunk's last ``observe``
         queries (of ``q [Hq, M, D]``) over every stored block (:meth:`_exact_scores`,
         :func:`pick_with_neighbours`). Blocks whose every token the pinned or heavy tier
         already holds are not chosen.
@@ -613,10 +613,13 @@ class SSALayer(CacheLayerMixin):
             count = torch.zeros(h, nb + 1, device=self.device).scatter_add_(1, blk, torch.ones_like(blk).float())
             scores = scores.masked_fill(count[:, :nb] >= b, NEG_INF)
         self.exact_scores = scores
-        k = min(cfg.exact_top_k or cfg.top_k, cfg.top_k)
+        # The tier's size was fixed at allocation: a config swapped in later (the needle
+        # benchmark's question variants) may ask for fewer blocks, not more.
+        room = self.stager.blocks
+        k = min(cfg.exact_top_k or cfg.top_k, room)
         ids = pick_with_neighbours(scores, k, cfg.exact_before, cfg.exact_after)
-        if k < cfg.top_k:
-            ids = np.concatenate([ids, np.full((ids.shape[0], cfg.top_k - k), -1, dtype=ids.dtype)], axis=1)
+        if k < room:
+            ids = np.concatenate([ids, np.full((ids.shape[0], room - k), -1, dtype=ids.dtype)], axis=1)
         return ids
 
     def _exact_scores(self, q: torch.Tensor, scale: float) -> torch.Tensor:

@@ -43,21 +43,23 @@ def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class Stager:
-    """The staging pipeline of one layer (``cfg.top_k`` blocks of ``cfg.block_size`` slots)."""
+    """The staging pipeline of one layer (``cfg.stage_blocks`` blocks of ``cfg.block_size`` slots)."""
 
     def __init__(self, layer: "SSALayer") -> None:
         self.layer = layer
         cfg = layer.cfg
         h, d, dev, dtype = layer.heads, layer.dim, layer.device, layer.dtype
-        self.top_k, self.block, self.size = cfg.top_k, cfg.block_size, cfg.staging
+        # Prefill chunks and decode choose at most top_k of the tier's blocks; a question's exact
+        # choice may fill all of them (SSAConfig.exact_top_k).
+        self.blocks, self.block, self.size = cfg.stage_blocks, cfg.block_size, cfg.staging
         self.cuda = dev.type == "cuda"
         pin = self.cuda
-        # The mirror: what the next install writes, [H, S, D] and positions [H, S]; ids [H, top_k].
+        # The mirror: what the next install writes, [H, S, D] and positions [H, S]; ids [H, blocks].
         self.host_k = torch.zeros(h, self.size, d, dtype=dtype, pin_memory=pin)
         self.host_v = torch.zeros(h, self.size, d, dtype=dtype, pin_memory=pin)
         self.host_pos = torch.full((h, self.size), -1, dtype=torch.int64, pin_memory=pin)
-        self.host_ids = np.full((h, self.top_k), -1, dtype=np.int64)
-        k = min(self.top_k, layer.index.capacity)
+        self.host_ids = np.full((h, self.blocks), -1, dtype=np.int64)
+        k = min(cfg.top_k, layer.index.capacity)
         self.host_entries = torch.zeros(3, h, k, dtype=torch.int64, pin_memory=pin)
         if self.cuda:
             # Where the side stream lands the mirror; install copies it into the tier buffer.
@@ -98,10 +100,10 @@ class Stager:
         self.stashed = False
         if self.cuda:
             self.stashed_event.synchronize()
-        self.place(expand_entries(self.host_entries.numpy(), self.top_k))
+        self.place(expand_entries(self.host_entries.numpy(), self.blocks))
 
     def place(self, ids: np.ndarray) -> None:
-        """Make the mirror hold blocks ``ids [H, top_k]`` (``-1`` = none) and send it to the device.
+        """Make the mirror hold blocks ``ids [H, blocks]`` (``-1`` = none) and send it to the device.
 
         Blocks already in the mirror keep their slots; only missing ones are read from the store,
         into slots whose block is no longer wanted (decode re-selects mostly the same blocks).
@@ -124,13 +126,13 @@ class Stager:
             # The previous copy out of the mirror must be over before the mirror changes.
             self.copied_event.synchronize()
         first = self.layer.cfg.sinks + new * b
-        self.host_pos.view(new.shape[0], self.top_k, b).copy_(
+        self.host_pos.view(new.shape[0], self.blocks, b).copy_(
             torch.from_numpy(np.where(new[:, :, None] >= 0, first[:, :, None] + np.arange(b), -1)))
         heads_a, slots_a, blocks_a = np.concatenate(heads), np.concatenate(slots), np.concatenate(blocks)
         if blocks_a.size:
             h, d = self.host_k.shape[0], self.host_k.shape[-1]
-            self.layer.store.read_into(heads_a, blocks_a, self.host_k.view(h * self.top_k, b, d),
-                                       self.host_v.view(h * self.top_k, b, d), heads_a * self.top_k + slots_a)
+            self.layer.store.read_into(heads_a, blocks_a, self.host_k.view(h * self.blocks, b, d),
+                                       self.host_v.view(h * self.blocks, b, d), heads_a * self.blocks + slots_a)
         self.host_ids = new
         if self.cuda:
             with torch.cuda.stream(self.stream):

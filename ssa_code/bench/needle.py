@@ -471,7 +471,12 @@ def question_variants(cfg, specs: Sequence[str]) -> dict[str, Any]:
         if not sep or not name or name in out or not body.strip():
             raise ValueError(f"--question-variant wants a new NAME:FIELD=VALUE[;...], got {spec!r}")
         exclude = [f for f in cfg.__dataclass_fields__ if f not in QUESTION_FIELDS]
-        out[name] = cfg.replace(**parse_fields(cfg, body.split(";"), "--question-variant", exclude=exclude))
+        variant = cfg.replace(**parse_fields(cfg, body.split(";"), "--question-variant", exclude=exclude))
+        if variant.stage_blocks > cfg.stage_blocks:
+            raise ValueError(f"--question-variant {name}: exact_top_k={variant.exact_top_k} needs a staging "
+                             f"tier of {variant.stage_blocks} blocks, the run's ssa has {cfg.stage_blocks} "
+                             f"(--ssa-set exact_top_k=N enlarges it)")
+        out[name] = variant
     return out
 
 

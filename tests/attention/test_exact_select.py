@@ -154,7 +154,9 @@ def test_far_runs_rotate_the_queries_back_instead_of_the_keys(far_distance, logi
 
 def test_blocks_held_by_the_pinned_tier_are_not_chosen():
     model = tiny_model("llama")
-    cfg = CFG.replace(pinned=64)
+    # The question may stage more blocks than the store will hold (exact_top_k > top_k: a
+    # staging tier of that many blocks), so every block is wanted.
+    cfg = CFG.replace(pinned=64, exact_top_k=64)
     patch(model, cfg)
     cache = SSACache(model.config, cfg)
     # Blocks 2 and 3 (positions sinks + 32 .. sinks + 63) are pinned whole.
@@ -164,8 +166,8 @@ def test_blocks_held_by_the_pinned_tier_are_not_chosen():
     layer = cache.layers[1]
     assert layer.n_pin == span[1] - span[0]
     q = torch.randn(model.config.num_attention_heads, 6, layer.dim, generator=torch.Generator().manual_seed(2))
-    # Every block is wanted (top_k = all of them): the pinned ones must still be left out.
-    layer.cfg = cfg.replace(top_k=layer.store.num_blocks)
+    # Every block is wanted: the pinned ones must still be left out.
+    assert layer.store.num_blocks < cfg.exact_top_k
     ids = layer._exact_select(q, layer.dim ** -0.5)
     for row in ids:
         chosen = set(row[row >= 0].tolist())
@@ -235,3 +237,25 @@ def test_select_exact_without_retrieval_changes_nothing():
     prefill(model, cache, torch.randint(0, 300, (1, 20)), chunk_size=cfg.chunk_size)
     assert not any(layer.exact_staged for layer in cache.layers)
     np.testing.assert_array_equal(cache.layers[0].staged_ids.numpy(), np.zeros((2, 0), dtype=np.int64))
+
+
+def test_a_question_may_stage_more_blocks_than_a_chunk():
+    """exact_top_k > top_k: the staging tier holds that many blocks; prefill chunks still stage
+    top_k of them, the question's exact choice all; the empty slots change no prefill output."""
+    assert CFG.replace(exact_top_k=10).stage_blocks == 10 and CFG.replace(exact_top_k=2).stage_blocks == CFG.top_k
+    assert CFG.replace(exact_top_k=10).capacity == CFG.capacity + 6 * CFG.block_size
+    assert CFG.replace(exact_top_k=10, store="none").staging == 0
+    model = tiny_model("llama")
+    ids = torch.randint(0, 300, (1, 700), generator=torch.Generator().manual_seed(3))
+    outs, caches = [], []
+    for cfg in (CFG, CFG.replace(exact_top_k=10)):
+        patch(model, cfg)
+        cache = SSACache(model.config, cfg)
+        outs.append(prefill(model, cache, ids[:, :600], chunk_size=cfg.chunk_size))
+        caches.append(cache)
+    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
+    wide = caches[1]
+    assert all(int((layer.staged_ids >= 0).sum(1).max()) <= CFG.top_k for layer in wide.layers)
+    wide.select_exact = True
+    prefill(model, wide, ids[:, 600:], chunk_size=CFG.chunk_size)
+    assert all(int((layer.staged_ids >= 0).sum(1).min()) == 10 for layer in wide.layers)

@@ -83,3 +83,8 @@ def test_question_variants_change_question_fields_only():
             question_variants(cfg, [bad])
     with pytest.raises(ValueError, match="NAME"):
         question_variants(cfg, ["a:exact_before=1", "a:exact_after=2"])
+    # A variant shares the run's staging tier: it may ask for fewer blocks, not for more.
+    with pytest.raises(ValueError, match="staging tier"):
+        question_variants(cfg, [f"wide:exact_top_k={cfg.top_k + 4}"])
+    wide = cfg.replace(exact_top_k=cfg.top_k + 4)
+    assert question_variants(wide, [f"ship:exact_top_k={cfg.top_k}"])["ship"].stage_blocks == cfg.stage_blocks
