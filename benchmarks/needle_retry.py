@@ -5,7 +5,8 @@ settings; a change (``--ssa-set``) is what a retry is for. This script does it f
 reports (one seed each) in one device call: every missed cell is its own process (``--shard i/n``
 of its report's retry), at most ``--procs`` at a time, each report's settings (lengths, keys,
 depths, seed, jitter, chunk size) read from the ``argv`` its ``needle.json`` records. Each
-report's cells land in ``OUT/<label>/<report folder name>/`` (joined by ``--merge``).
+report's cells land in ``OUT/<label>/<report folder name>/s<i>/``, joined into ``merged/`` beside
+them as soon as the report's last cell ends.
 
 Usage (repository root, GPU machine; the haystack file as in BENCHMARKS.md)::
 
@@ -39,6 +40,14 @@ def report_settings(folder: Path, method: str) -> tuple[list[str], int]:
     return opts, wrong
 
 
+def merge(dest: Path) -> None:
+    """Join the shard reports under ``dest`` into ``dest/merged`` (``needle --merge``)."""
+    parts = sorted(str(p) for p in dest.glob("s*") if (p / "needle.json").exists())
+    if parts:
+        subprocess.run([sys.executable, "-m", "ssa_code.bench.needle", "--merge", *parts, "--out",
+                        str(dest / "merged")], check=False, capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -56,34 +65,36 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     jobs: list[tuple[Path, list[str]]] = []
+    left: dict[Path, int] = {}  # per report: its processes not yet finished
     for folder in args.reports:
         opts, wrong = report_settings(folder, args.method)
         dest = args.out / args.label / folder.name
+        left[dest] = wrong
         for i in range(wrong):
             cmd = [sys.executable, "-m", "ssa_code.bench.needle", "--tokens", args.tokens, "--methods",
                    args.method, "--no-warmup", "--retry", str(folder), "--shard", f"{i}/{wrong}",
                    "--max-minutes", str(args.minutes), "--out", str(dest / f"s{i}"), *opts, *extra]
-            jobs.append((dest / f"s{i}", cmd))
+            jobs.append((dest, cmd))
     print(f"{len(jobs)} missed cells of {len(args.reports)} reports, {args.procs} at a time", flush=True)
     running: list[tuple[subprocess.Popen, Path]] = []
     t0 = time.time()
     while jobs or running:
         while jobs and len(running) < args.procs:
             dest, cmd = jobs.pop(0)
-            dest.mkdir(parents=True, exist_ok=True)
-            log = open(dest.with_suffix(".log"), "w")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), dest))
+            shard = Path(cmd[cmd.index("--out") + 1])
+            shard.mkdir(parents=True, exist_ok=True)
+            with open(shard.with_suffix(".log"), "w") as log:
+                running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), dest))
         time.sleep(1.0)
         for p, dest in list(running):
-            if p.poll() is not None:
-                running.remove((p, dest))
-                print(f"{time.time() - t0:6.0f}s {dest}: exit {p.returncode}", flush=True)
-    for folder in args.reports:
-        dest = args.out / args.label / folder.name
-        parts = sorted(str(p) for p in dest.glob("s*") if (p / "needle.json").exists())
-        if parts:
-            subprocess.run([sys.executable, "-m", "ssa_code.bench.needle", "--merge", *parts, "--out",
-                            str(dest / "merged")], check=False, capture_output=True)
+            if p.poll() is None:
+                continue
+            running.remove((p, dest))
+            print(f"{time.time() - t0:6.0f}s {dest}: exit {p.returncode}", flush=True)
+            left[dest] -= 1
+            if left[dest] == 0:
+                # Joined as soon as the report's last cell ends, so a call cut short keeps it.
+                merge(dest)
     return 0
 
 

@@ -195,3 +195,32 @@ def test_report_names_the_jitter_of_a_jittered_run(tmp_path):
         assert main(["--merge", str(tmp_path / name), "--out", str(tmp_path / f"m_{name}")]) == 0
     assert "within 2000 tokens of its depth" in (tmp_path / "m_moved" / "needle.md").read_text()
     assert "jitter" not in (tmp_path / "m_fixed" / "needle.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_retry_driver_reruns_the_misses_of_several_reports(tmp_path, monkeypatch, capsys):
+    """benchmarks/needle_retry.py: each report's missed cells rerun with its own settings (here
+    its seed), one process per cell, joined per report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [*_small_benchmark(tmp_path, monkeypatch), "--depths", "3", "--lengths", "512"]
+    for seed, wrong in ((0, 0.5), (4, 1.0)):
+        out = tmp_path / f"seed{seed}"
+        assert main([*args, "--seed", str(seed), "--out", str(out)]) == 0
+        data = json.loads((out / "needle.json").read_text())
+        for c in data["cells"]:
+            c["correct"] = c["depth"] != wrong
+        (out / "needle.json").write_text(json.dumps(data))
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "needle_retry.py"
+    run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "again"), "--label", "x",
+                          "--method", "streaming", "--procs", "2", "--tokens", args[1],
+                          str(tmp_path / "seed0"), str(tmp_path / "seed4")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "2 missed cells of 2 reports" in run.stdout
+    for seed, wrong in ((0, 0.5), (4, 1.0)):
+        got = json.loads((tmp_path / "again" / "x" / f"seed{seed}" / "merged" / "needle.json").read_text())
+        assert got["meta"]["seed"] == seed
+        assert [(c["depth"], c["correct"] is not None) for c in got["cells"]] == [(wrong, True)]
