@@ -699,8 +699,9 @@ class SSALayer(CacheLayerMixin):
         idx = torch.searchsorted(held, pos.contiguous()).clamp(max=held.shape[1] - 1)
         return (held.gather(1, idx) == pos) & (pos >= 0)
 
-    def _mask_covered_summaries(self) -> None:
-        """Summaries whose span holds a staged block would count those tokens twice: mask them.
+    def _mask_covered_summaries(self, log_n: torch.Tensor | None = None) -> None:
+        """Summaries whose span holds a staged block would count those tokens twice: mask them;
+        the others get their bias (``log_n``, :meth:`_summary_bias` unless given).
 
         The staged blocks are read from the staging tier's positions on the device (the first
         slot of each block holds its first position, ``-1`` when empty): no host data, so no
@@ -708,7 +709,8 @@ class SSALayer(CacheLayerMixin):
         n = self.summaries.n
         if n == 0:
             return
-        log_n = self._summary_bias()
+        if log_n is None:
+            log_n = self._summary_bias()
         start = self.pos[:, self.STAGE:self.STAGE + self.n_stage:self.cfg.block_size]  # [H, K]
         lo, hi = self.summaries.lo[:n], self.summaries.hi[:n]
         covered = ((start[:, None, :] >= lo[None, :, None]) & (start[:, None, :] < hi[None, :, None])).any(-1)
@@ -869,10 +871,11 @@ class SSALayer(CacheLayerMixin):
         if n == 0:
             return
         pos = self.summaries.pos[:n].expand(self.heads, n)
+        log_n = self._summary_bias()
         self._write_far(self.SUMM, self.summaries.key[:, :n], self.summaries.value[:, :n], pos,
-                        self._summary_bias()[None, :].expand(self.heads, n))
+                        log_n[None, :].expand(self.heads, n))
         # Fresh summary biases must still exclude the spans of the blocks staged now.
-        self._mask_covered_summaries()
+        self._mask_covered_summaries(log_n)
 
     def _summary_bias(self) -> torch.Tensor:
         """``[n]`` attention bias of the summaries: ``log n`` each, lowered alike so that together
