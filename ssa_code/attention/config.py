@@ -56,6 +56,10 @@ class SSAConfig:
         exact_top_k: blocks of the exact choice (0: ``top_k``). Fewer bring fewer lookalikes
             beside the block the question needs; more than ``top_k`` enlarge the staging tier
             to that many blocks, which prefill chunks and decode still fill with ``top_k``.
+        exact_margin: per head, the exact choice leads only with blocks whose score (the log of
+            their largest attention share) is within this many nats of the head's best block
+            (0: no margin). A head that finds one block stages it and its neighbours, not
+            ``top_k`` lookalikes; a head without a clear favourite still takes its best.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -102,6 +106,7 @@ class SSAConfig:
     exact_before: int = 0
     exact_after: int = 1
     exact_top_k: int = 0
+    exact_margin: float = 0.0
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -134,6 +139,9 @@ class SSAConfig:
         if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold < 1.0
                 and math.isfinite(self.threshold)):
             raise ValueError(f"SSAConfig.threshold must be in [0, 1), got {self.threshold!r}")
+        if not (isinstance(self.exact_margin, (int, float)) and self.exact_margin >= 0.0
+                and math.isfinite(self.exact_margin)):
+            raise ValueError(f"SSAConfig.exact_margin must be a finite number >= 0, got {self.exact_margin!r}")
         if not isinstance(self.exact_question, bool):
             raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
         if self.far_distance is not None and (

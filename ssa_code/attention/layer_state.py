@@ -617,7 +617,7 @@ class SSALayer(CacheLayerMixin):
         # benchmark's question variants) may ask for fewer blocks, not more.
         room = self.stager.blocks
         k = min(cfg.exact_top_k or cfg.top_k, room)
-        ids = pick_with_neighbours(scores, k, cfg.exact_before, cfg.exact_after)
+        ids = pick_with_neighbours(scores, k, cfg.exact_before, cfg.exact_after, cfg.exact_margin)
         if k < room:
             ids = np.concatenate([ids, np.full((ids.shape[0], room - k), -1, dtype=ids.dtype)], axis=1)
         return ids

@@ -153,7 +153,8 @@ def exact_block_scores(q: torch.Tensor, key_runs: Iterable[tuple], n_blocks: int
     return (lse - lse.logsumexp(-1, keepdim=True)).amax(1)
 
 
-def pick_with_neighbours(scores: torch.Tensor, top_k: int, before: int = 0, after: int = 1) -> np.ndarray:
+def pick_with_neighbours(scores: torch.Tensor, top_k: int, before: int = 0, after: int = 1,
+                         margin: float = 0.0) -> np.ndarray:
     """``[H, N]`` block scores -> ``[H, top_k]`` block ids (``-1`` = none), on the host.
 
     The best ``top_k // (1 + before + after)`` blocks (at least one), each with the ``before``
@@ -161,7 +162,8 @@ def pick_with_neighbours(scores: torch.Tensor, top_k: int, before: int = 0, afte
     ``top_k`` distinct ids are chosen. The neighbours keep a line that straddles a block
     boundary whole: a needle's value after its key (``after``), or a key whose first tokens
     end the block before (``before``). Scores of ``-inf`` (blocks not worth staging) are never
-    chosen, neighbours included.
+    chosen, neighbours included. ``margin > 0``: only blocks scoring within ``margin`` of the
+    head's best lead or fill; their neighbours need only a finite score.
     """
     h, n = scores.shape
     out = np.full((h, top_k), -1, dtype=np.int64)
@@ -175,7 +177,10 @@ def pick_with_neighbours(scores: torch.Tensor, top_k: int, before: int = 0, afte
     near_ok = (near >= 0) & (near < n)
     if offsets:
         near_ok &= torch.isfinite(scores.gather(1, near.clamp(0, n - 1).flatten(1))).view_as(near)
-    ok, best, near, near_ok = (t.cpu().numpy() for t in (torch.isfinite(best_s), best_i, near, near_ok))
+    ok = torch.isfinite(best_s)
+    if margin > 0:
+        ok &= best_s >= best_s[:, :1] - margin
+    ok, best, near, near_ok = (t.cpu().numpy() for t in (ok, best_i, near, near_ok))
     lead = max(1, top_k // (1 + len(offsets)))
     for head in range(h):
         row: list[int] = []

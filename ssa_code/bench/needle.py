@@ -456,7 +456,7 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
 
 # SSAConfig fields that only a question's chunk reads: a variant may change these alone, since
 # it shares the haystack's prefill with the configuration it varies (run_ssa).
-QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k")
+QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k", "exact_margin")
 
 
 def question_variants(cfg, specs: Sequence[str]) -> dict[str, Any]:

@@ -83,6 +83,10 @@ def test_pick_with_neighbours_on_both_sides():
     assert pick_with_neighbours(scores, 3, before=0, after=0).tolist() == [[8, 2, 4]]
     # Two blocks behind: a third of top_k leads.
     assert pick_with_neighbours(scores, 6, before=0, after=2).tolist() == [[8, 2, 3, 4, 5, 1]]
+    # A margin: only blocks within 2.5 of the best (8: 7.0, 2: 5.0) lead; their neighbours
+    # join whatever their own scores; nothing else fills.
+    assert pick_with_neighbours(scores, 6, before=1, after=1, margin=2.5).tolist() == [[8, 7, 2, 1, 3, -1]]
+    assert pick_with_neighbours(scores, 6, before=0, after=1, margin=0.5).tolist() == [[8, -1, -1, -1, -1, -1]]
     # A predecessor not worth staging (-inf) is skipped.
     scores = torch.tensor([[float("-inf"), 5.0, 1.0, 0.5]])
     assert pick_with_neighbours(scores, 3, before=1, after=1).tolist() == [[1, 2, 3]]
