@@ -153,6 +153,14 @@ class TrainConfig:
     # (SECRET_TOKEN_377 / _737 / _347: the needle benchmark's model-made misses). 0 draws the
     # rows exactly as the shipped checkpoint's run did.
     confusable_keys: float = 0.0
+    # Of the retrieval rows, the fraction laid out as SSA shows a long context to a question: a
+    # pack's first tokens, then 8-32 blocks of fragment_block tokens from random places (the
+    # far tier's staged blocks, each cut mid-line), then a contiguous stretch (the window). The
+    # needles land anywhere, so often inside a block among unrelated ones. At 1M tokens the
+    # shipped model's misses had the needle staged and ranked first, with lookalike blocks
+    # beside it (BENCHMARKS.md, needle, seeds 8-9). 0 draws the rows exactly as before.
+    fragment_rows: float = 0.0
+    fragment_block: int = 64
     answer_weight: float = 3.0
     pack_start_fraction: float = 0.25
     # evaluation and saving
@@ -174,6 +182,10 @@ class TrainConfig:
             raise ValueError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
         if not 0.0 <= self.confusable_keys <= 1.0:
             raise ValueError(f"confusable_keys must be in [0, 1], got {self.confusable_keys}")
+        if not 0.0 <= self.fragment_rows <= 1.0:
+            raise ValueError(f"fragment_rows must be in [0, 1], got {self.fragment_rows}")
+        if self.fragment_block < 1:
+            raise ValueError(f"fragment_block must be >= 1, got {self.fragment_block}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
 
@@ -447,11 +459,17 @@ def build_corpora(cfg: TrainConfig, tokenizer_path: Path, log: Log) -> tuple[Cor
 
 
 def _key_mix(cfg: TrainConfig) -> str:
-    """How the card describes the multi-key rows' keys."""
+    """How the card describes the multi-key rows' keys (and the fragmented rows, if any)."""
     if not cfg.confusable_keys:
-        return "half of the multi-key rows with similar keys"
-    return (f"{cfg.confusable_keys:.0%} of the multi-key rows with keys that differ by a digit swap "
-            "or one digit, half of the others with similar keys")
+        mix = "half of the multi-key rows with similar keys"
+    else:
+        mix = (f"{cfg.confusable_keys:.0%} of the multi-key rows with keys that differ by a digit swap "
+               "or one digit, half of the others with similar keys")
+    if cfg.fragment_rows:
+        mix += (f"; {cfg.fragment_rows:.0%} of the retrieval rows laid out as SSA shows a long context: "
+                f"a pack's first {cfg.fragment_block} tokens, 8-32 blocks of {cfg.fragment_block} tokens "
+                "from random places, then a contiguous stretch")
+    return mix
 
 
 class Batcher:
@@ -494,6 +512,25 @@ class Batcher:
         s = self.rng.randrange(0, total - n + 1)
         return self.c.tokens[s:s + n].astype(np.int64)
 
+    def fragmented(self, n: int) -> np.ndarray:
+        """``n`` tokens laid out as SSA shows a long context (``TrainConfig.fragment_rows``): the
+        first ``fragment_block`` tokens of a pack, 8-32 blocks of ``fragment_block`` tokens from
+        random places, then a contiguous stretch of at least a quarter of ``n``."""
+        b = self.cfg.fragment_block
+        if n < 4 * b:
+            return self.window(n)
+        fit = (3 * n // 4 - b) // b  # blocks that leave the stretch a quarter of n
+        count = min(self.rng.randint(8, 32), fit)
+        starts = self.c.pack_starts[self.c.pack_starts <= self.c.tokens.size - b]
+        s = int(starts[self.rng.randrange(starts.size)]) if starts.size else 0
+        parts = [self.c.tokens[s:s + b].astype(np.int64)]
+        total = self.c.tokens.size
+        for _ in range(count):
+            s = self.rng.randrange(0, max(1, total - b + 1))
+            parts.append(self.c.tokens[s:s + b].astype(np.int64))
+        parts.append(self.window(n - sum(p.size for p in parts)))
+        return np.concatenate(parts)
+
     def retrieval_row(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens [n], weights [n]) or None when no usable window was found."""
         k = self.rng.randint(1, self.cfg.max_keys)
@@ -508,8 +545,10 @@ class Batcher:
         ins = sum(map(len, lines)) + sum(len(lines[i]) for i in asked)
         if ins >= n // 2:
             return None
+        # Drawn only when asked for, so that 0 keeps the rows of runs before the option.
+        fragmented = self.cfg.fragment_rows > 0 and self.rng.random() < self.cfg.fragment_rows
         for _ in range(8):
-            base = self.window(n - ins)
+            base = self.fragmented(n - ins) if fragmented else self.window(n - ins)
             pos = self.lines.positions(base)
             if pos.size >= 2:
                 break

@@ -102,3 +102,45 @@ def test_confusable_keys_reach_the_retrieval_rows_and_zero_draws_as_before(monke
         assert all(c[2] == {} for c in calls)
     with pytest.raises(ValueError, match="confusable_keys"):
         tt.TrainConfig(confusable_keys=1.5)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_fragment_rows_lay_retrieval_rows_out_as_ssa_shows_them(monkeypatch, fraction):
+    """--set fragment_rows=F: that fraction of retrieval rows is built on a pack's start, blocks
+    from random places and a contiguous stretch; at 0 no row is."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ssa_code.bench.synthetic import LineBoundaries
+    from ssa_code.models import default_tokenizer
+
+    tt = _train_module()
+    tok = default_tokenizer()
+    ids = np.asarray(tok("def f(x):\n    return x + 1\n\n" * 400, add_special_tokens=False)["input_ids"])
+    corpus = SimpleNamespace(tokens=ids, pack_starts=np.array([0, 700]))
+    cfg = tt.smoke_config(1.0)
+    cfg.fragment_rows, cfg.fragment_block = fraction, 16
+    b = tt.Batcher(corpus, tok, LineBoundaries(tok), cfg, seed=4)
+    made = []
+    real = b.fragmented
+
+    def spy(n):
+        out = real(n)
+        made.append((n, out))
+        return out
+
+    monkeypatch.setattr(b, "fragmented", spy)
+    rows = [b.retrieval_row(512) for _ in range(20)]
+    done = [r for r in rows if r is not None]
+    assert done and all(r[0].shape == (512,) and r[1].shape == (512,) and (r[1] > 1).any() for r in done)
+    if fraction == 0.0:
+        assert made == []
+        return
+    assert len(made) >= len(done)
+    for n, out in made:
+        assert out.shape == (n,)
+        # The first block is a pack's start.
+        assert any(np.array_equal(out[:16], ids[s:s + 16]) for s in (0, 700))
+    with pytest.raises(ValueError, match="fragment_rows"):
+        tt.TrainConfig(fragment_rows=-0.1)
