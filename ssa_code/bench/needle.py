@@ -411,8 +411,9 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
     (``SSACache.select_exact``), as ``ssa-code ask`` does for a question; a method without a
     store has nothing to choose from. ``stats["exact_question"]`` says whether it did.
     ``stats["diag"]``: where the needle stood when the answer started, per layer and KV head
-    (:func:`needle_held_per_head`, :func:`needle_block_ranks`) and in the first answer token's
-    distribution (:func:`first_token_view` of ``first_id``, the value's first token).
+    (:func:`needle_held_per_head`, :func:`needle_block_ranks`, :func:`staged_blocks`) and in
+    the first answer token's distribution (:func:`first_token_view` of ``first_id``, the
+    value's first token).
     ``variants``: name -> a config differing from ``cfg`` in :data:`QUESTION_FIELDS` only; after
     the answer, the cache is rewound to the end of the haystack (``SSACache.checkpoint``) and
     the cue answered again with each, so they are compared on one prefill;
@@ -497,6 +498,7 @@ def _answer_cue(model, cache, cfg, cue, prompt: Prompt, new_tokens: int, device,
     per_head = needle_held_per_head(cache, prompt.needle_pos, prompt.needle_len)
     diag = {"held": [round(x, 3) for x in per_head],
             "ranks": needle_block_ranks(cache, prompt.needle_pos, prompt.needle_len),
+            "staged": staged_blocks(cache),
             "first": first_token_view(logits, first_id)}
     out: list[int] = []
     for i in range(new_tokens):
@@ -550,6 +552,13 @@ def needle_block_ranks(cache, start: int, n: int) -> list[list[int]] | None:
             ranks.append([int((scores[head] > scores[head, blk]).sum()) if blk < scores.shape[1] else -1
                           for blk in blocks])
     return ranks
+
+
+def staged_blocks(cache) -> list[list[int]]:
+    """Per layer and KV head (layer-major), the stored blocks staged when the answer starts
+    (block ``i`` holds positions ``sinks + i * block_size`` on), for reading back which text
+    sat beside the needle."""
+    return [[int(b) for b in row if b >= 0] for layer in cache.layers for row in layer.staged_ids.tolist()]
 
 
 def first_token_view(logits, first_id: int, top: int = 5) -> dict:

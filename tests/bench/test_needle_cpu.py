@@ -60,6 +60,12 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
         assert len(c.diag["held"]) == heads
         assert abs(sum(c.diag["held"]) / heads - c.needle_held) < 1e-2
         assert len(c.diag["ranks"]) == heads and all(len(r) >= 1 for r in c.diag["ranks"])
+        # The staged blocks: at most top_k per head, and a needle block ranked first is among them.
+        cfg = configs["ssa"]
+        assert len(c.diag["staged"]) == heads and all(len(r) <= cfg.top_k for r in c.diag["staged"])
+        first = (round(c.needle_depth * c.prompt_tokens) - cfg.sinks) // cfg.block_size
+        for ranks, staged in zip(c.diag["ranks"], c.diag["staged"]):
+            assert all(first + i in staged for i, rank in enumerate(ranks) if rank == 0)
         token, prob, rank = c.diag["first"]["want"]
         if c.correct:
             assert rank == 0 and c.diag["first"]["top"][0] == [token, prob]
