@@ -505,12 +505,16 @@ class Batcher:
             reps = n // total + 1
             return np.tile(self.c.tokens, reps)[:n].astype(np.int64)
         if self.rng.random() < self.cfg.pack_start_fraction:
-            starts = self.c.pack_starts[self.c.pack_starts <= total - n]
-            if starts.size:
-                s = int(starts[self.rng.randrange(starts.size)])
+            s = self._pack_start(n)
+            if s is not None:
                 return self.c.tokens[s:s + n].astype(np.int64)
         s = self.rng.randrange(0, total - n + 1)
         return self.c.tokens[s:s + n].astype(np.int64)
+
+    def _pack_start(self, n: int) -> int | None:
+        """A random pack start with at least ``n`` tokens after it (None: no pack has)."""
+        starts = self.c.pack_starts[self.c.pack_starts <= self.c.tokens.size - n]
+        return int(starts[self.rng.randrange(starts.size)]) if starts.size else None
 
     def fragmented(self, n: int) -> np.ndarray:
         """``n`` tokens laid out as SSA shows a long context (``TrainConfig.fragment_rows``): the
@@ -521,8 +525,7 @@ class Batcher:
             return self.window(n)
         fit = (3 * n // 4 - b) // b  # blocks that leave the stretch a quarter of n
         count = min(self.rng.randint(8, 32), fit)
-        starts = self.c.pack_starts[self.c.pack_starts <= self.c.tokens.size - b]
-        s = int(starts[self.rng.randrange(starts.size)]) if starts.size else 0
+        s = self._pack_start(b) or 0  # no pack long enough: the stream's start
         parts = [self.c.tokens[s:s + b].astype(np.int64)]
         total = self.c.tokens.size
         for _ in range(count):
