@@ -313,10 +313,19 @@ class SSACache(Cache):
                 "pinned_overflow": self.pinned_overflow,
                 "source_mass": None if self._source_mass is None else self._source_mass.clone()}
 
-    def rewind(self, checkpoint: dict[str, Any]) -> None:
-        """Return to the state :meth:`checkpoint` copied, as if nothing had come after it."""
+    def rewind(self, checkpoint: dict[str, Any], question_config: SSAConfig | None = None) -> None:
+        """Return to the state :meth:`checkpoint` copied, as if nothing had come after it.
+
+        ``question_config``: answer what comes next under this configuration, one that differs
+        from the cache's own in question-time fields only (``SSAConfig.check_question_variant``;
+        the tiers keep their sizes). ``None``: the cache's own configuration."""
+        cfg = self.ssa_config
+        if question_config is not None:
+            cfg.check_question_variant(question_config)
+            cfg = question_config
         for layer, state in zip(self.layers, checkpoint["layers"]):
             layer.rewind(state)
+            layer.cfg = cfg
         self.pinned = PinnedSpans()
         for start, end in checkpoint["pinned"]:
             self.pinned.add(int(start), int(end))

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 StoreKind = Literal["host", "disk", "none"]
+
+# Fields that only a question's exact choice reads (SSALayer._exact_select): a cache can answer
+# under configurations that differ in these alone (SSACache.rewind, SSAConfig.check_question_variant).
+QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k", "exact_margin")
 KernelChoice = Literal["auto", "triton", "torch"]
 
 
@@ -168,6 +172,20 @@ class SSAConfig:
     def staging(self) -> int:
         """Slots for full-resolution blocks fetched for the current query (``stage_blocks``)."""
         return self.stage_blocks * self.block_size
+
+    def check_question_variant(self, other: "SSAConfig") -> None:
+        """Raise ValueError unless ``other`` differs from this configuration in
+        :data:`QUESTION_FIELDS` only and its question fits this configuration's staging tier,
+        i.e. unless a cache built with this one can answer a question under ``other``."""
+        changed = [f.name for f in dataclasses.fields(self)
+                   if f.name not in QUESTION_FIELDS and getattr(self, f.name) != getattr(other, f.name)]
+        if changed:
+            raise ValueError(f"a question variant may change only {', '.join(QUESTION_FIELDS)}; "
+                             f"this one changes {', '.join(changed)}")
+        if other.stage_blocks > self.stage_blocks:
+            raise ValueError(f"exact_top_k={other.exact_top_k} needs a staging tier of {other.stage_blocks} "
+                             f"blocks, this configuration has {self.stage_blocks} (a larger exact_top_k "
+                             "enlarges it)")
 
     @property
     def ring(self) -> int:

@@ -56,6 +56,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from ssa_code.atomic import replacing, write_text
+from ssa_code.attention.config import QUESTION_FIELDS
 from ssa_code.bench.synthetic import LineBoundaries, Needle, encode, random_value
 from ssa_code.fields import parse_fields
 
@@ -442,9 +443,7 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
             t = time.time()
             stats["variants"] = {}
             for name, vcfg in variants.items():
-                cache.rewind(saved)
-                for layer in cache.layers:
-                    layer.cfg = vcfg
+                cache.rewind(saved, question_config=vcfg)
                 v_out, v_stats = _answer_cue(model, cache, vcfg, ids[:, split:], prompt, new_tokens, device,
                                              first_id)
                 stats["variants"][name] = {"ids": v_out, "needle_held": v_stats["needle_held"],
@@ -455,16 +454,9 @@ def run_ssa(model, cfg, prompt: Prompt, new_tokens: int, device, first_id: int =
     return out, stats
 
 
-# SSAConfig fields that only a question's chunk reads: a variant may change these alone, since
-# it shares the haystack's prefill with the configuration it varies (run_ssa).
-QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k", "exact_margin")
-
-
 def question_variants(cfg, specs: Sequence[str]) -> dict[str, Any]:
     """``["before1:exact_before=1", "wide:exact_before=1;exact_after=2"]`` -> name -> ``cfg``
     with those :data:`QUESTION_FIELDS` changed. Raises ValueError for anything else."""
-    from ssa_code.fields import parse_fields
-
     out: dict[str, Any] = {}
     for spec in specs:
         name, sep, body = spec.partition(":")
@@ -473,10 +465,10 @@ def question_variants(cfg, specs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--question-variant wants a new NAME:FIELD=VALUE[;...], got {spec!r}")
         exclude = [f for f in cfg.__dataclass_fields__ if f not in QUESTION_FIELDS]
         variant = cfg.replace(**parse_fields(cfg, body.split(";"), "--question-variant", exclude=exclude))
-        if variant.stage_blocks > cfg.stage_blocks:
-            raise ValueError(f"--question-variant {name}: exact_top_k={variant.exact_top_k} needs a staging "
-                             f"tier of {variant.stage_blocks} blocks, the run's ssa has {cfg.stage_blocks} "
-                             f"(--ssa-set exact_top_k=N enlarges it)")
+        try:
+            cfg.check_question_variant(variant)
+        except ValueError as e:
+            raise ValueError(f"--question-variant {name}: {e} (--ssa-set exact_top_k=N enlarges the run's)") from None
         out[name] = variant
     return out
 
@@ -993,14 +985,18 @@ def _with_defaults(config: dict) -> dict:
     return {**SSAConfig().to_dict(), **config}
 
 
-def _earlier_cells(folder: Path, meta: dict, option: str, allow: Sequence[str] = ()) -> list[Cell]:
-    """The cells of an earlier run that ``option`` (``--resume``, ``--retry``) builds on; it must be
-    the same benchmark as ``meta`` but for the fields in ``allow`` (:func:`benchmark_differs`)."""
+def _earlier_cells(folder: Path, meta: dict, option: str, allow: Sequence[str] = (),
+                   same=None) -> tuple[list[Cell], dict]:
+    """The cells and meta of an earlier run that ``option`` (``--resume``, ``--retry``) builds on;
+    it must be the same benchmark as ``meta`` but for the fields in ``allow``
+    (:func:`benchmark_differs`), both metas seen through ``same`` if given (e.g.
+    ``needle_pool._without_tree``)."""
     cells, prev = read_run(folder)
-    diff = [d for d in benchmark_differs(prev, meta) if d not in allow]
+    view = same or (lambda m: m)
+    diff = [d for d in benchmark_differs(view(prev), view(meta)) if d not in allow]
     if diff:
         raise ValueError(f"{option} {folder}: another benchmark (differs in {', '.join(diff)})")
-    return cells
+    return cells, prev
 
 
 def merge_runs(folders: Sequence[Path], out: Path) -> tuple[list[Cell], dict]:
@@ -1217,25 +1213,24 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     only: set[tuple] | None = None
     try:
         if args.resume:
-            skip = {cell_key(c) for c in _earlier_cells(args.resume, meta, "--resume") if c.correct is not None}
+            done, _ = _earlier_cells(args.resume, meta, "--resume")
+            skip = {cell_key(c) for c in done if c.correct is not None}
             print(f"--resume: {len(skip)} cells already measured in {args.resume}", file=sys.stderr)
         if args.retry:
             # A retry usually changes a config (--ssa-set): that is what it is for. A haystack
             # re-packed on another machine differs in its git tree id (ignored files such as
-            # __pycache__ count there, the packer skips them): the retried prompts are checked.
+            # __pycache__ count there, the packer skips them): compared without it, as
+            # needle_pool --haystack does, and the retried prompts are checked.
             from ssa_code.bench.needle_pool import _without_tree, check_prompts
 
-            prev, prev_meta = read_run(args.retry)
-            same_tokens = (args.tokens is not None
-                           and _without_tree(prev_meta)["haystack"] == _without_tree(meta)["haystack"])
-            prev = _earlier_cells(args.retry, meta, "--retry",
-                                  allow=("configs", "haystack") if same_tokens else ("configs",))
-            if same_tokens and prev_meta.get("haystack") != meta["haystack"]:
-                wanted = {(c.method, c.length, c.keys, c.depth) for c in prev if c.correct is False
-                          and c.method in methods and c.length in lengths and c.keys in keys}
-                check_prompts([(args.retry, prev, prev_meta)], args.tokens,
-                              select=lambda c: (c.method, c.length, c.keys, c.depth) in wanted)
+            prev, prev_meta = _earlier_cells(args.retry, meta, "--retry", allow=("configs",),
+                                             same=_without_tree if args.tokens is not None else None)
             only = {cell_key(c) for c in prev if c.correct is False}
+            if prev_meta.get("haystack") != meta["haystack"]:
+                # The cells this run will redo: wrong before, and in this run's plan.
+                check_prompts([(args.retry, prev, prev_meta)], args.tokens,
+                              select=lambda c: (cell_key(c) in only and c.method in methods
+                                                and c.length in lengths and c.keys in keys))
             meta["retry"] = str(args.retry)
             print(f"--retry: {len(only)} cells answered wrong in {args.retry}", file=sys.stderr)
     except ValueError as e:

@@ -86,10 +86,13 @@ def test_rewound_state_answers_as_a_fresh_one():
         torch.testing.assert_close(answer, _answer(model, fresh, q), atol=0, rtol=0)
     # A question-time knob changed between rewinds (what the needle benchmark's variants do).
     other = cfg.replace(exact_before=1)
-    for layer in cache.layers:
-        layer.cfg = other
+    cache.rewind(saved, question_config=other)
     varied = _answer(model, cache, questions[0])
     fresh = SSACache(model.config, other)
     patch(model, other)
     prefill(model, fresh, ids, anchors=[(0, 8)], chunk_size=cfg.chunk_size)
     torch.testing.assert_close(varied, _answer(model, fresh, questions[0]), atol=0, rtol=0)
+    # Only question-time fields may change under a cache, and the question must fit its tier.
+    for bad in (cfg.replace(window=128), cfg.replace(exact_top_k=cfg.top_k + 1)):
+        with pytest.raises(ValueError):
+            cache.rewind(saved, question_config=bad)
