@@ -56,7 +56,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from ssa_code.atomic import replacing, write_text
-from ssa_code.attention.config import QUESTION_FIELDS
+from ssa_code.attention.config import QUESTION_FIELDS, SSAConfig
 from ssa_code.bench.synthetic import LineBoundaries, Needle, encode, random_value
 from ssa_code.fields import parse_fields
 
@@ -88,8 +88,6 @@ def method_configs(budget: int = 4096, *, chunk_size: int = 1024, block_size: in
     and, with ``exact_question``, exact attention over the store for the cue (``SSAConfig.
     exact_question``), so the two differ by SSA's other tiers only.
     """
-    from ssa_code import SSAConfig
-
     if budget < sinks + 4 * block_size:
         raise ValueError(f"budget {budget} is too small for sinks {sinks} and block {block_size}")
     w_max = max_position - chunk_size
@@ -882,12 +880,15 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
         "## Method configurations",
         "",
     ]
+    question_defaults = {f: SSAConfig.__dataclass_fields__[f].default for f in QUESTION_FIELDS}
     for m, cfg in meta["configs"].items():
-        # summary_tokens only where set: 0 (no cap) is the default and older reports lack it.
+        # summary_tokens and the question's fields only where they differ from the defaults (older
+        # reports lack some of them).
         lines.append(f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
                                                if k in ("sinks", "pinned", "heavy", "window", "summaries",
                                                         "top_k", "block_size", "store", "chunk_size")
-                                               or (k == "summary_tokens" and v)))
+                                               or (k == "summary_tokens" and v)
+                                               or (k in question_defaults and v != question_defaults[k])))
     if "dense" in methods:
         lines.append(f"- `dense`: transformers SDPA, full KV cache, run up to {meta['dense_max']} tokens")
     return "\n".join(lines) + "\n"

@@ -132,14 +132,17 @@ def test_store_runs_reach_the_gpu_intact():
         assert dev.is_cuda and torch.equal(dev.cpu(), host)
 
 
-def test_question_choice_is_the_same_with_triton_and_torch_kernels():
+@pytest.mark.parametrize("question", [{}, {"exact_top_k": 9, "exact_before": 1}, {"exact_margin": 2.0}],
+                         ids=["shipped", "wider_tier", "margin"])
+def test_question_choice_is_the_same_with_triton_and_torch_kernels(question):
     """The question's exact choice (select_exact) on CUDA stages the same blocks whichever
-    kernels attended the haystack, and decode keeps them."""
+    kernels attended the haystack, and decode keeps them; also with a staging tier wider than a
+    chunk's (exact_top_k > top_k) and with a per-head margin."""
     model = tiny_model("llama", **GPU_MODEL).cuda()
     ids = torch.randint(0, 300, (1, 1500), generator=torch.Generator().manual_seed(2)).cuda()
     staged = {}
     for kernels in ("triton", "torch"):
-        cfg = SMALL.replace(kernels=kernels, top_k=6)
+        cfg = SMALL.replace(kernels=kernels, top_k=6, **question)
         patch(model, cfg)
         cache = SSACache(model.config, cfg)
         prefill(model, cache, ids[:, :-20], chunk_size=128)
@@ -148,5 +151,21 @@ def test_question_choice_is_the_same_with_triton_and_torch_kernels():
         cache.select_exact = False
         assert all(layer.exact_staged for layer in cache.layers)
         staged[kernels] = [[frozenset(r[r >= 0].tolist()) for r in layer.staged_ids.numpy()] for layer in cache.layers]
-        assert all(len(head) == 6 for layer in staged[kernels] for head in layer)
+        want = cfg.exact_top_k or cfg.top_k
+        sizes = [len(head) for layer in staged[kernels] for head in layer]
+        assert all(n == want for n in sizes) if not cfg.exact_margin else all(1 <= n <= want for n in sizes)
     assert staged["triton"] == staged["torch"]
+
+
+def test_a_wider_question_tier_changes_no_prefill_output_on_cuda():
+    """exact_top_k > top_k enlarges the staging tier; prefill chunks still stage top_k blocks,
+    so with the Triton kernels the prefill's logits are the same as with the shipped tier."""
+    model = tiny_model("qwen2", **GPU_MODEL).cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 300, (1, 1500), generator=torch.Generator().manual_seed(4)).cuda()
+    outs = []
+    for extra in ({}, {"exact_top_k": 10}):
+        cfg = SMALL.replace(kernels="triton", top_k=6, **extra)
+        patch(model, cfg)
+        cache = SSACache(model.config, cfg)
+        outs.append(prefill(model, cache, ids, chunk_size=128))
+    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
