@@ -16,7 +16,7 @@ StoreKind = Literal["host", "disk", "none"]
 
 # Fields that only a question's exact choice reads (SSALayer._exact_select): a cache can answer
 # under configurations that differ in these alone (SSACache.rewind, SSAConfig.check_question_variant).
-QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k", "exact_margin")
+QUESTION_FIELDS = ("exact_before", "exact_after", "exact_top_k", "exact_margin", "exact_tries")
 KernelChoice = Literal["auto", "triton", "torch"]
 
 
@@ -64,6 +64,14 @@ class SSAConfig:
             their largest attention share) is within this many nats of the head's best block
             (0: no margin). A head that finds one block stages it and its neighbours, not
             ``top_k`` lookalikes; a head without a clear favourite still takes its best.
+        exact_tries: further ``(exact_before, exact_after)`` pairs, flattened (``(1, 2)``: one
+            more choice, with one block in front and two behind each best block). The question
+            is then read once per choice from the same state (``SSACache.checkpoint``) and the
+            answer comes from the choice whose first answer token the model gives the highest
+            probability (``engine.question.prefill_question``); the first choice wins ties.
+            Which neighbours a needle needs depends on where its line meets block boundaries,
+            and a choice that misses part of it leaves the model unsure (BENCHMARKS.md,
+            needle). Each choice costs one more pass over the question.
 
     Heavy hitters:
         heavy_half_life: tokens of progress after which accumulated mass counts half.
@@ -111,6 +119,7 @@ class SSAConfig:
     exact_after: int = 1
     exact_top_k: int = 0
     exact_margin: float = 0.0
+    exact_tries: tuple[int, ...] = ()
     heavy_half_life: int = 4096
     observe: int = 64
     far_distance: int | None = None
@@ -146,6 +155,11 @@ class SSAConfig:
         if not (isinstance(self.exact_margin, (int, float)) and self.exact_margin >= 0.0
                 and math.isfinite(self.exact_margin)):
             raise ValueError(f"SSAConfig.exact_margin must be a finite number >= 0, got {self.exact_margin!r}")
+        tries = self.exact_tries
+        if not (isinstance(tries, tuple) and len(tries) % 2 == 0
+                and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tries)):
+            raise ValueError("SSAConfig.exact_tries must be a tuple of (exact_before, exact_after) pairs of "
+                             f"integers >= 0, flattened, got {tries!r}")
         if not isinstance(self.exact_question, bool):
             raise ValueError(f"SSAConfig.exact_question must be True or False, got {self.exact_question!r}")
         if self.far_distance is not None and (
@@ -186,6 +200,13 @@ class SSAConfig:
             raise ValueError(f"exact_top_k={other.exact_top_k} needs a staging tier of {other.stage_blocks} "
                              f"blocks, this configuration has {self.stage_blocks} (a larger exact_top_k "
                              "enlarges it)")
+
+    def question_choices(self) -> list["SSAConfig"]:
+        """The configurations a question's exact choice is tried with: this one, then one per
+        ``exact_tries`` pair (each without further tries)."""
+        first = self.replace(exact_tries=())
+        pairs = zip(self.exact_tries[::2], self.exact_tries[1::2])
+        return [first] + [first.replace(exact_before=b, exact_after=a) for b, a in pairs]
 
     @property
     def ring(self) -> int:

@@ -164,6 +164,12 @@ def _prefill_fn() -> Callable[..., Any]:
     return prefill
 
 
+def _question_fn() -> Callable[..., Any]:
+    from ssa_code.engine.question import prefill_question
+
+    return prefill_question
+
+
 def _ssa() -> tuple[Any, Any]:
     from ssa_code import attention
 
@@ -231,7 +237,7 @@ def run_query(
     timings: dict[str, float] = {}
     model, tokenizer = loaded.model, loaded.tokenizer
     SSACache, patch = _ssa()
-    prefill = _prefill_fn()
+    prefill, prefill_question = _prefill_fn(), _question_fn()
 
     prompt = build_prompt(tokenizer, query.kind, query.question)
     offset = len(prompt.prefix_ids)
@@ -316,12 +322,9 @@ def run_query(
     q_ids = torch.tensor([prompt.suffix_ids], device=loaded.device)
     q_span = [(n_context, n_context + len(prompt.suffix_ids))]
     # The question picks the blocks the answer reads by exact attention over the whole store
-    # (SSAConfig.exact_question); the flag is for its chunks only, the choice lasts the answer.
-    cache.select_exact = ssa_config.exact_question
-    try:
-        logits = prefill(model, cache, q_ids, chunk_size=ssa_config.chunk_size, anchors=q_span)
-    finally:
-        cache.select_exact = False
+    # (SSAConfig.exact_question, tried once per SSAConfig.exact_tries choice); the choice lasts
+    # the answer.
+    logits, _ = prefill_question(model, cache, q_ids, ssa_config, anchors=q_span)
     logits = logits[0, -1] if logits.dim() == 3 else logits[-1] if logits.dim() == 2 else logits
     timings["question_s"] = time.perf_counter() - t
 

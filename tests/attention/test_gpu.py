@@ -169,3 +169,30 @@ def test_a_wider_question_tier_changes_no_prefill_output_on_cuda():
         cache = SSACache(model.config, cfg)
         outs.append(prefill(model, cache, ids, chunk_size=128))
     torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
+
+
+def test_question_tries_read_the_winner_again_on_cuda(monkeypatch):
+    """SSAConfig.exact_tries with the Triton kernels: the chosen choice, read again after the
+    last try, answers as a cache that read the question under it alone."""
+    import ssa_code.engine.question as question
+
+    model = tiny_model("qwen2", **GPU_MODEL).cuda().to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 300, (1, 1500), generator=gen).cuda()
+    q = torch.randint(0, 300, (1, 40), generator=gen).cuda()
+    cfg = SMALL.replace(kernels="triton", top_k=6, exact_tries=(1, 2, 0, 0))
+    patch(model, cfg)
+    cache = SSACache(model.config, cfg)
+    prefill(model, cache, ids, chunk_size=128)
+    sure = iter([0.2, 0.9, 0.5])
+    monkeypatch.setattr(question, "_confidence", lambda logits: next(sure))
+    got, choice = question.prefill_question(model, cache, q)
+    assert choice.chosen == 1
+    alone = cfg.question_choices()[1]
+    fresh = SSACache(model.config, alone)
+    prefill(model, fresh, ids, chunk_size=128)
+    fresh.select_exact = True
+    want = prefill(model, fresh, q, chunk_size=alone.chunk_size)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for a, b in zip(cache.layers, fresh.layers):
+        assert torch.equal(a.staged_ids, b.staged_ids)

@@ -132,6 +132,7 @@ def test_pinned_budget_goes_to_extra_spans_then_headers_then_the_map_top():
 def test_the_question_chooses_its_blocks_exactly(repo, packed, random_model_dir, tmp_path, monkeypatch, exact):
     """SSAConfig.exact_question: the question's chunk (only) has select_exact set, and the answer
     keeps the blocks it chose."""
+    import ssa_code.engine.question as question
     import ssa_code.engine.session as session
 
     real = session._prefill_fn()
@@ -144,6 +145,7 @@ def test_the_question_chooses_its_blocks_exactly(repo, packed, random_model_dir,
         return out
 
     monkeypatch.setattr(session, "_prefill_fn", lambda: recording_prefill)
+    monkeypatch.setattr(question, "prefill", recording_prefill)
     loaded = load_model(ModelSpec(str(random_model_dir), "option"))
     cfg = SSAConfig.from_name("small", exact_question=exact)
     run_query(packed, Query("ask", "What does main return?"), loaded, cfg, GenerationConfig(max_new_tokens=5),
