@@ -6,9 +6,14 @@ cells right, cells where only the default or only the variant was right, and the
 over those (``needle_pool.sign_test``); then every cell where any answer was wrong, with the
 needle's held share and its best block rank per answer.
 
+``--surest b1a2`` (or ``--surest b1,a2``; repeatable) adds a row for answering each cell from
+whichever of SSA's own choice and those variants gave its first answer token the highest
+probability (the first on ties): what ``SSAConfig.exact_tries`` does on one run, computed here
+from the recorded first-token distributions.
+
 Usage::
 
-    python benchmarks/needle_variants.py REPORT_DIR [REPORT_DIR ...] [--json OUT.json]
+    python benchmarks/needle_variants.py REPORT_DIR [REPORT_DIR ...] [--surest NAMES] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ def _best_rank(diag: dict) -> int | None:
     return min(ranks) if ranks else None
 
 
-def compare(reports: list[Path]) -> dict:
+def _surest(c: dict, names: list[str]) -> bool | None:
+    """Whether the surest of SSA's own answer and the ``names`` variants' was right (None: the
+    cell lacks one of them)."""
+    variants = c["diag"]["variants"]
+    if any(n not in variants for n in names):
+        return None
+    answers = [(c["correct"], c["diag"]["first"])] + [(variants[n]["correct"], variants[n]["first"]) for n in names]
+    best = max(range(len(answers)), key=lambda i: (answers[i][1]["top"][0][1], -i))
+    return bool(answers[best][0])
+
+
+def compare(reports: list[Path], surest: list[list[str]] = ()) -> dict:
     cells = []
     for folder in reports:
         data = json.loads((folder / "needle.json").read_text())
@@ -45,6 +61,14 @@ def compare(reports: list[Path]) -> dict:
         out["variants"][name] = {"cells": len(both), "right": right, "interval": clopper_pearson(right, len(both)),
                                  "only_default": only_default, "only_variant": only_variant,
                                  "p": sign_test(only_variant, only_default)}
+    for names in surest:
+        both = [(c["correct"], ok) for _, c in cells if (ok := _surest(c, names)) is not None]
+        right = sum(v for _, v in both)
+        only_default = sum(d and not v for d, v in both)
+        only_variant = sum(v and not d for d, v in both)
+        out["variants"]["surest:" + "+".join(names)] = {
+            "cells": len(both), "right": right, "interval": clopper_pearson(right, len(both)),
+            "only_default": only_default, "only_variant": only_variant, "p": sign_test(only_variant, only_default)}
     for folder, c in cells:
         answers = {"default": (c["correct"], c["output"], c.get("needle_held"), _best_rank(c["diag"]))}
         for name, v in c["diag"]["variants"].items():
@@ -58,9 +82,11 @@ def compare(reports: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("reports", nargs="+", type=Path)
+    ap.add_argument("--surest", action="append", default=[], metavar="NAMES",
+                    help="comma-separated variants: answer from the surest first token among them and SSA's own")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    res = compare(args.reports)
+    res = compare(args.reports, [[n.strip() for n in s.split(",") if n.strip()] for s in args.surest])
     print(f"{res['cells']} SSA cells with variants; default right in {res['default']}")
     print("| variant | right | 95% interval | only default right | only variant right | sign test p |")
     print("| --- | --- | --- | --- | --- | --- |")

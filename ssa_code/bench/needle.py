@@ -478,18 +478,20 @@ def _answer_cue(model, cache, cfg, cue, prompt: Prompt, new_tokens: int, device,
     import torch
 
     from ssa_code.engine.generate import forward_tokens
-    from ssa_code.engine.prefill import prefill
+    from ssa_code.engine.question import prefill_question
 
     # Where the cache offers it, the question (cue) chooses its blocks by exact attention over
-    # the whole store instead of the index's bounds (see BENCHMARKS.md, needle, issue 6).
-    exact = cfg.exact_question and cfg.staging > 0
-    cache.select_exact = exact
-    logits = prefill(model, cache, cue, chunk_size=cfg.chunk_size)[0]
+    # the whole store instead of the index's bounds (see BENCHMARKS.md, needle, issue 6), once
+    # per choice of SSAConfig.exact_tries.
+    logits, choice = prefill_question(model, cache, cue, cfg)
+    logits, exact = logits[0], choice.exact
     per_head = needle_held_per_head(cache, prompt.needle_pos, prompt.needle_len)
     diag = {"held": [round(x, 3) for x in per_head],
             "ranks": needle_block_ranks(cache, prompt.needle_pos, prompt.needle_len),
             "staged": staged_blocks(cache),
             "first": first_token_view(logits, first_id)}
+    if len(choice.confidence) > 1:
+        diag["tries"] = {"confidence": [round(c, 4) for c in choice.confidence], "chosen": choice.chosen}
     out: list[int] = []
     for i in range(new_tokens):
         tok = int(torch.argmax(logits))
@@ -497,7 +499,6 @@ def _answer_cue(model, cache, cfg, cue, prompt: Prompt, new_tokens: int, device,
         if i + 1 < new_tokens:
             logits = forward_tokens(model, cache, torch.tensor([[tok]], device=device))
     _sync(device)
-    cache.select_exact = False
     held = sum(per_head) / len(per_head) if per_head else 0.0
     return out, {"needle_held": held, "exact_question": exact, "diag": diag}
 
@@ -880,15 +881,15 @@ def markdown(cells: Sequence[Cell], summary: dict, meta: dict) -> str:
         "## Method configurations",
         "",
     ]
-    question_defaults = {f: SSAConfig.__dataclass_fields__[f].default for f in QUESTION_FIELDS}
+    defaults = _with_defaults({})
     for m, cfg in meta["configs"].items():
         # summary_tokens and the question's fields only where they differ from the defaults (older
-        # reports lack some of them).
-        lines.append(f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
-                                               if k in ("sinks", "pinned", "heavy", "window", "summaries",
-                                                        "top_k", "block_size", "store", "chunk_size")
-                                               or (k == "summary_tokens" and v)
-                                               or (k in question_defaults and v != question_defaults[k])))
+        # reports lack some of them); values as JSON has them, sequences comma-separated.
+        cfg = _with_defaults(cfg)
+        lines.append(f"- `{m}`: " + ", ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cfg.items()
+            if k in ("sinks", "pinned", "heavy", "window", "summaries", "top_k", "block_size", "store", "chunk_size")
+            or (k == "summary_tokens" and v) or (k in QUESTION_FIELDS and v != defaults[k])))
     if "dense" in methods:
         lines.append(f"- `dense`: transformers SDPA, full KV cache, run up to {meta['dense_max']} tokens")
     return "\n".join(lines) + "\n"
@@ -980,10 +981,9 @@ def benchmark_differs(a: dict, b: dict) -> list[str]:
 
 def _with_defaults(config: dict) -> dict:
     """A report's SSAConfig fields, those it predates filled in with today's defaults (a field
-    added later was, until then, the behaviour its default keeps)."""
-    from ssa_code.attention.config import SSAConfig
-
-    return {**SSAConfig().to_dict(), **config}
+    added later was, until then, the behaviour its default keeps), as JSON reads them back
+    (tuples as lists)."""
+    return json.loads(json.dumps({**SSAConfig().to_dict(), **config}))
 
 
 def _earlier_cells(folder: Path, meta: dict, option: str, allow: Sequence[str] = (),

@@ -36,7 +36,8 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
     cells = run_benchmark(hay, tok, TINY_MODEL_DIR, lengths=[LENGTH], depths=DEPTHS, keys=[1],
                           methods=["dense", "streaming", "ssa"], configs=configs, dense_max=LENGTH,
                           max_seconds=1e9, seed=0, device="cpu", log=lambda s: print(s),
-                          variants=question_variants(configs["ssa"], ["same:exact_after=1", "both:exact_before=1"]))
+                          variants=question_variants(configs["ssa"], ["same:exact_after=1", "both:exact_before=1",
+                                                                        "tries:exact_tries=1,1"]))
     by = {m: [c for c in cells if c.method == m] for m in ("dense", "streaming", "ssa")}
     stream = configs["streaming"]
     for c in by["streaming"]:
@@ -75,7 +76,15 @@ def test_ssa_retrieves_beyond_the_window(tmp_path, monkeypatch):
     for c in by["ssa"]:
         same = c.diag["variants"]["same"]
         assert same["output"] == c.output and same["first"] == c.diag["first"] and same["held"] == c.diag["held"]
-        assert set(c.diag["variants"]) == {"same", "both"}
+        assert set(c.diag["variants"]) == {"same", "both", "tries"}
+        # exact_tries: the cue read with SSA's own choice and with `both`'s; the surer first
+        # token answers.
+        tries, both = c.diag["variants"]["tries"], c.diag["variants"]["both"]
+        conf, chosen = tries["tries"]["confidence"], tries["tries"]["chosen"]
+        assert abs(conf[0] - c.diag["first"]["top"][0][1]) < 1e-3 and abs(conf[1] - both["first"]["top"][0][1]) < 1e-3
+        assert chosen in ((1,) if conf[1] > conf[0] else (0,) if conf[0] > conf[1] else (0, 1))  # rounded
+        assert tries["output"] == (both["output"] if chosen else c.output)
+        assert "tries" not in c.diag
     assert all("variants" not in c.diag for c in by["streaming"])
     assert all(c.diag["ranks"] is None for c in by["streaming"])
 
@@ -84,7 +93,9 @@ def test_question_variants_change_question_fields_only():
     cfg = method_configs(640, chunk_size=512, block_size=32, sinks=16, max_position=4096, index_size=256)["ssa"]
     got = question_variants(cfg, ["a:exact_before=2;exact_after=0"])
     assert (got["a"].exact_before, got["a"].exact_after, got["a"].top_k) == (2, 0, cfg.top_k)
-    for bad in ["a:top_k=4", "a", ":exact_before=1", "a:exact_before=x", "a:exact_before=-1"]:
+    assert question_variants(cfg, ["t:exact_tries=1,2,0,0"])["t"].exact_tries == (1, 2, 0, 0)
+    for bad in ["a:top_k=4", "a", ":exact_before=1", "a:exact_before=x", "a:exact_before=-1",
+                "a:exact_tries=1"]:
         with pytest.raises(ValueError):
             question_variants(cfg, [bad])
     with pytest.raises(ValueError, match="NAME"):
