@@ -63,6 +63,8 @@ def compare(reports: list[Path], surest: list[list[str]] = ()) -> dict:
                                  "p": sign_test(only_variant, only_default)}
     for names in surest:
         both = [(c["correct"], ok) for _, c in cells if (ok := _surest(c, names)) is not None]
+        if not both:
+            raise ValueError(f"--surest {','.join(names)}: no cell has all of these variants")
         right = sum(v for _, v in both)
         only_default = sum(d and not v for d, v in both)
         only_variant = sum(v and not d for d, v in both)
@@ -86,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated variants: answer from the surest first token among them and SSA's own")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    res = compare(args.reports, [[n.strip() for n in s.split(",") if n.strip()] for s in args.surest])
+    try:
+        res = compare(args.reports, [[n.strip() for n in s.split(",") if n.strip()] for s in args.surest])
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{res['cells']} SSA cells with variants; default right in {res['default']}")
     print("| variant | right | 95% interval | only default right | only variant right | sign test p |")
     print("| --- | --- | --- | --- | --- | --- |")
