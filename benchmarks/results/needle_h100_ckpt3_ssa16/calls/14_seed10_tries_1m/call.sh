@@ -12,7 +12,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /tmp/
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 V="--question-variant ship:exact_tries= --question-variant b1a2:exact_before=1;exact_after=2;exact_tries= --question-variant t3:exact_tries=1,2,1,1 --question-variant m4:exact_margin=4;exact_tries= --question-variant tm4:exact_margin=4"
 T0=$(date +%s)
-(timeout ${TT:-500} python3 -m pytest -q -p no:cacheprovider tests/kernels tests/attention/test_gpu.py > /tmp/r/gpu_tests.log 2>&1; echo "rc=$?" >> /tmp/r/gpu_tests.log) &
+(timeout ${TT:-500} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/kernels tests/attention/test_gpu.py} > /tmp/r/gpu_tests.log 2>&1; echo "rc=$?" >> /tmp/r/gpu_tests.log) &
 OUT=/tmp/r/seed10 PROCS=12 MINUTES=${MIN:-6.1} GRACE=45 SKIP_INSTALL=1 bash scripts/device_needle.sh --methods ssa --chunk-size 2048 --no-warmup --lengths 1m --keys 1,4 --depths 20 --seed 10 --jitter 16384 --ssa-set exact_tries=1,2 $V > /tmp/r/seed10.txt 2>&1
 wait
 echo "took $(( $(date +%s) - T0 )) s"; tail -3 /tmp/r/gpu_tests.log; tail -3 /tmp/r/seed10.txt
