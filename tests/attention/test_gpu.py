@@ -159,7 +159,10 @@ def test_question_choice_is_the_same_with_triton_and_torch_kernels(question):
 
 def test_a_wider_question_tier_changes_no_prefill_output_on_cuda():
     """exact_top_k > top_k enlarges the staging tier; prefill chunks still stage top_k blocks,
-    so with the Triton kernels the prefill's logits are the same as with the shipped tier."""
+    so with the Triton kernels the prefill's logits are those of the shipped tier up to bf16
+    rounding: the larger buffer changes the kernels' split of the keys and so the order of the
+    sums (on an H100 at 26bd94d, 220 of 300 logits differed, by at most 0.0078; bit for bit on
+    the CPU reference, tests/attention/test_exact_select.py)."""
     model = tiny_model("qwen2", **GPU_MODEL).cuda().to(torch.bfloat16)
     ids = torch.randint(0, 300, (1, 1500), generator=torch.Generator().manual_seed(4)).cuda()
     outs = []
@@ -168,7 +171,8 @@ def test_a_wider_question_tier_changes_no_prefill_output_on_cuda():
         patch(model, cfg)
         cache = SSACache(model.config, cfg)
         outs.append(prefill(model, cache, ids, chunk_size=128))
-    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
+    err = _rel(outs[1], outs[0])
+    assert err < 1e-2, f"relative error {err:.2e} between a wider staging tier and the shipped one (bf16)"
 
 
 def test_question_tries_read_the_winner_again_on_cuda(monkeypatch):
