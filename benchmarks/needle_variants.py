@@ -32,6 +32,16 @@ def _best_rank(diag: dict) -> int | None:
     return min(ranks) if ranks else None
 
 
+def _paired(both: list[tuple[bool, bool]]) -> dict:
+    """(default right, variant right) per cell -> the variant's row: right, interval, cells only
+    one of the two answered, sign test."""
+    right = sum(v for _, v in both)
+    only_default = sum(d and not v for d, v in both)
+    only_variant = sum(v and not d for d, v in both)
+    return {"cells": len(both), "right": right, "interval": clopper_pearson(right, len(both)),
+            "only_default": only_default, "only_variant": only_variant, "p": sign_test(only_variant, only_default)}
+
+
 def _surest(c: dict, names: list[str]) -> bool | None:
     """Whether the surest of SSA's own answer and the ``names`` variants' was right (None: the
     cell lacks one of them)."""
@@ -55,22 +65,12 @@ def compare(reports: list[Path], surest: list[list[str]] = ()) -> dict:
     for name in names:
         both = [(c["correct"], c["diag"]["variants"][name]["correct"]) for _, c in cells
                 if name in c["diag"]["variants"]]
-        right = sum(v for _, v in both)
-        only_default = sum(d and not v for d, v in both)
-        only_variant = sum(v and not d for d, v in both)
-        out["variants"][name] = {"cells": len(both), "right": right, "interval": clopper_pearson(right, len(both)),
-                                 "only_default": only_default, "only_variant": only_variant,
-                                 "p": sign_test(only_variant, only_default)}
+        out["variants"][name] = _paired(both)
     for names in surest:
         both = [(c["correct"], ok) for _, c in cells if (ok := _surest(c, names)) is not None]
         if not both:
             raise ValueError(f"--surest {','.join(names)}: no cell has all of these variants")
-        right = sum(v for _, v in both)
-        only_default = sum(d and not v for d, v in both)
-        only_variant = sum(v and not d for d, v in both)
-        out["variants"]["surest:" + "+".join(names)] = {
-            "cells": len(both), "right": right, "interval": clopper_pearson(right, len(both)),
-            "only_default": only_default, "only_variant": only_variant, "p": sign_test(only_variant, only_default)}
+        out["variants"]["surest:" + "+".join(names)] = _paired(both)
     for folder, c in cells:
         answers = {"default": (c["correct"], c["output"], c.get("needle_held"), _best_rank(c["diag"]))}
         for name, v in c["diag"]["variants"].items():
