@@ -319,19 +319,26 @@ class SSACache(Cache):
         ``question_config``: answer what comes next under this configuration, one that differs
         from the cache's own in question-time fields only (``SSAConfig.check_question_variant``;
         the tiers keep their sizes). ``None``: the cache's own configuration."""
-        cfg = self.ssa_config
-        if question_config is not None:
-            cfg.check_question_variant(question_config)
-            cfg = question_config
+        self.use_question_config(question_config)  # first: a config it refuses changes nothing
         for layer, state in zip(self.layers, checkpoint["layers"]):
             layer.rewind(state)
-            layer.cfg = cfg
         self.pinned = PinnedSpans()
         for start, end in checkpoint["pinned"]:
             self.pinned.add(int(start), int(end))
         self.pinned_overflow = checkpoint["pinned_overflow"]
         mass = checkpoint["source_mass"]
         self._source_mass = None if mass is None else mass.clone()
+
+    def use_question_config(self, question_config: SSAConfig | None = None) -> None:
+        """Answer what comes next under ``question_config``, one that differs from the cache's
+        own in question-time fields only (``SSAConfig.check_question_variant``); ``None``: the
+        cache's own configuration."""
+        cfg = self.ssa_config
+        if question_config is not None:
+            cfg.check_question_variant(question_config)
+            cfg = question_config
+        for layer in self.layers:
+            layer.cfg = cfg
 
     def close(self) -> None:
         for layer in self.layers:

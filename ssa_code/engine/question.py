@@ -58,6 +58,7 @@ def prefill_question(model: torch.nn.Module, cache: SSACache, ids: torch.Tensor,
         choices = choices[:1]
 
     def read(choice: SSAConfig) -> torch.Tensor:
+        cache.use_question_config(choice)
         cache.select_exact = exact
         try:
             return prefill(model, cache, ids, chunk_size=choice.chunk_size, anchors=anchors)
@@ -70,14 +71,15 @@ def prefill_question(model: torch.nn.Module, cache: SSACache, ids: torch.Tensor,
     saved = cache.checkpoint()
     confidence = []
     for i, choice in enumerate(choices):
-        cache.rewind(saved, question_config=choice)
+        if i:
+            cache.rewind(saved)
         logits = read(choice)
         confidence.append(_confidence(logits))
     best = max(range(len(choices)), key=lambda i: (confidence[i], -i))
     if best != len(choices) - 1:
         # The last read left its own state: read the winner again (the same logits, the same
         # staged blocks; the state is deterministic given its checkpoint).
-        cache.rewind(saved, question_config=choices[best])
+        cache.rewind(saved)
         logits = read(choices[best])
     return logits, QuestionChoice(exact, confidence, best)
 

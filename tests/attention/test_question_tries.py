@@ -108,3 +108,19 @@ def test_no_tries_without_an_exact_choice_or_a_context():
     cache = SSACache(model.config, cfg)
     _, choice = prefill_question(model, cache, q)  # nothing before the question: nothing stored
     assert len(choice.confidence) == 1
+
+
+def test_the_question_reads_under_the_config_it_is_given():
+    """``cfg`` differing from the cache's own in question fields governs the choice, with one
+    choice as with several (SSACache.use_question_config)."""
+    model, ids, q = _context(CFG, seed=3)
+    other = CFG.replace(exact_before=1, exact_after=0)
+    cache = SSACache(model.config, CFG)
+    prefill(model, cache, ids, chunk_size=CFG.chunk_size)
+    got, _ = prefill_question(model, cache, q, other)
+    patch(model, other)
+    want, staged = _fresh(model, other, ids, q)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert all(torch.equal(layer.staged_ids, s) for layer, s in zip(cache.layers, staged))
+    with pytest.raises(ValueError):
+        cache.use_question_config(CFG.replace(window=128))
