@@ -656,7 +656,8 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                   shard: tuple[int, int] = (0, 1),
                   warmup: bool = True, skip: Collection[tuple] = (),
                   only: Collection[tuple] | None = None, jitter: int = 0, log=print,
-                  on_progress=None, variants: dict[str, Any] | None = None) -> list[Cell]:
+                  on_progress=None, save_every: float = 30.0,
+                  variants: dict[str, Any] | None = None) -> list[Cell]:
     """Run every (keys, length, depth, method) cell within ``max_seconds``.
 
     Cells run in the order of :func:`plan_cells`, so a time budget that runs out still leaves
@@ -672,7 +673,9 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
     CUDA, float32 on the CPU).
     ``variants``: SSA configs answering each SSA cell's cue again on the same prefill
     (:func:`run_ssa`; :func:`question_variants` builds them), reported in ``Cell.diag``.
-    ``on_progress(cells)`` is called after each (round, length). With ``warmup``, each method
+    ``on_progress(cells)`` is called after each (round, length), and after any cell that ends
+    ``save_every`` seconds or more after the last call (a long cell is then not lost to a run
+    stopped from outside in its round's next cell). With ``warmup``, each method
     first answers one unrecorded prompt of the shortest length, so that compiling the kernels
     (about 40 s on an H200) counts in no cell's seconds nor in the time estimates that decide
     which cells still fit the budget; the warm-up's own time does count against the budget.
@@ -706,6 +709,7 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
                  tokenizer, configs, ssa_model, dense_model, dev, dense_max, seed, log)
     cells: list[Cell] = []
     prompt, prompt_key = None, None
+    saved = time.time()
     for i, (r, length, k, di, m) in enumerate(mine):
         depth = float(depths[di])
         if prompt_key != (length, k, di):
@@ -713,8 +717,10 @@ def run_benchmark(hay: Haystack, tokenizer, model_dir: str | Path, *, lengths: S
             prompt_key = (length, k, di)
         cells.append(_run_cell(m, k, length, depth, prompt, tokenizer, configs, ssa_model, dense_model,
                                dev, dense_max, t0 + max_seconds, last_rate, log, variants))
-        if on_progress is not None and (i + 1 == len(mine) or mine[i + 1][:2] != (r, length)):
+        group_done = i + 1 == len(mine) or mine[i + 1][:2] != (r, length)
+        if on_progress is not None and (group_done or time.time() - saved >= save_every):
             on_progress(cells)
+            saved = time.time()
     return cells
 
 
@@ -1239,7 +1245,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     t0 = time.time()
 
     def write(cells: Sequence[Cell]) -> list[Path]:
-        # Written after every length, so a run cut short still leaves its measurements.
+        # Written after every length and every long cell, so a run cut short still leaves its
+        # measurements.
         meta["seconds"] = round(time.time() - t0, 1)
         return write_outputs(cells, meta, args.out)
 

@@ -224,3 +224,26 @@ def test_retry_driver_reruns_the_misses_of_several_reports(tmp_path, monkeypatch
         got = json.loads((tmp_path / "again" / "x" / f"seed{seed}" / "merged" / "needle.json").read_text())
         assert got["meta"]["seed"] == seed
         assert [(c["depth"], c["correct"] is not None) for c in got["cells"]] == [(wrong, True)]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in CHECKPOINT), reason="tiny model checkpoint absent")
+def test_progress_is_saved_after_each_group_and_after_any_long_cell(tmp_path, monkeypatch):
+    from ssa_code.bench.needle import method_configs, run_benchmark
+
+    monkeypatch.setenv("SSA_CODE_CACHE_DIR", str(tmp_path / "cache"))
+    tok = default_tokenizer()
+    hay = pack_haystack([str(committed_copy(tmp_path / "sample-repo"))], tok)
+    configs = method_configs(640, chunk_size=256, block_size=32, sinks=16, max_position=4096)
+
+    def saves(save_every: float) -> list[int]:
+        seen: list[int] = []
+        run_benchmark(hay, tok, TINY_MODEL_DIR, lengths=[512, 1024], depths=[0.2, 0.5, 0.8], keys=[1],
+                      methods=["streaming"], configs=configs, dense_max=0, max_seconds=1e9, seed=0,
+                      device="cpu", warmup=False, log=lambda s: None,
+                      on_progress=lambda cells: seen.append(len(cells)), save_every=save_every)
+        return seen
+
+    # Cells shorter than save_every: one save per length, after its last depth.
+    assert saves(1e9) == [3, 6]
+    # Every cell counts as long: each one is saved as soon as it ends.
+    assert saves(0.0) == [1, 2, 3, 4, 5, 6]
