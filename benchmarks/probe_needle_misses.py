@@ -70,8 +70,10 @@ def check_values(model, tokenizer, hay, values: list[str], depths: list[float], 
     return out
 
 
-def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: list[tuple[int, int, int]]) -> dict:
-    """Right answers per ``(before, after, tail)`` window around the asked needle of ``cell``."""
+def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: list[tuple[int, int, int]],
+               jitter: int = 0) -> dict:
+    """Right answers per ``(before, after, tail)`` window around the asked needle of ``cell``
+    (``jitter``: the run's ``--jitter``, without which a jittered cell's needle is elsewhere)."""
     import numpy as np
 
     from ssa_code.bench.needle import cell_prompt, depth_grid, encode
@@ -80,11 +82,11 @@ def check_spot(model, tokenizer, hay, cell: str, values: list[str], windows: lis
     seed, length, keys, di, n_depths = (int(x) for x in cell.split(":"))
     depths = depth_grid(n_depths)
     depth = depths[di]
-    p = cell_prompt(hay, LineBoundaries(tokenizer), tokenizer, seed, length, keys, di, depths)
+    p = cell_prompt(hay, LineBoundaries(tokenizer), tokenizer, seed, length, keys, di, depths, jitter)
     # The prompt without the asked needle's line and the cue; pos: where that line was planted.
     base = np.concatenate([p.ids[:p.needle_pos], p.ids[p.needle_pos + p.needle_len:len(p.ids) - p.cue_len]])
     pos = p.needle_pos
-    out = {"cell": cell, "depth": depth, "needle_pos": int(pos), "windows": {}}
+    out = {"cell": cell, "depth": depth, "jitter": jitter, "needle_pos": int(pos), "windows": {}}
     for before, after, tail in windows:
         right = 0
         for value in values:
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="check the values at this benchmark cell's needle spot instead of at --depths")
     ap.add_argument("--key-cells", default="", metavar="SEED:LENGTH:KEYS:DEPTH_INDEX,...",
                     help="check these multi-key benchmark cells' own needles in short prompts")
+    ap.add_argument("--jitter", type=int, default=0, metavar="TOKENS",
+                    help="the benchmark run's --jitter, for --spot (seeds 6 on ran with 16384)")
     ap.add_argument("--spot-windows", default="1000:1000:0,1500:500:1500,600:200:1500",
                     help="BEFORE:AFTER:TAIL token windows of the spot check")
     ap.add_argument("--tokens", type=Path, default=Path("bench_data/haystack_stdlib.npz"))
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("misses", "controls"):
         values = [v for v in getattr(args, kind).split(",") if v]
         if args.spot:
-            report[kind] = check_spot(model, tokenizer, hay, args.spot, values, windows)
+            report[kind] = check_spot(model, tokenizer, hay, args.spot, values, windows, args.jitter)
         else:
             report[kind] = check_values(model, tokenizer, hay, values, depths, lengths)
     if key_cells:
