@@ -2,9 +2,9 @@
 # (fresh, jittered) with the needle's SSA configuration, which now reads the cue under two
 # neighbour choices (exact_tries=1,2, adopted by call 14's rule after seeds 10-11), the shipped
 # single choice (`ship`) and b1a2 as paired variants on the same prefill. 14 processes share the
-# GPU through CUDA MPS (call 16: about twice the cells per minute of time-slicing); without MPS
-# the run goes on time-sliced. Results straight to $OUT: log.txt, seed12/ and seed13/ with
-# needle.json, needle.md, extras.tgz.
+# GPU through CUDA MPS (device_needle.sh starts it; call 16: about twice the cells per minute of
+# time-slicing). Results straight to $OUT: log.txt, seed12/ and seed13/ with needle.json,
+# needle.md, extras.tgz.
 set -u
 T0=$(date +%s); END=${END:-470}   # seconds after T0 by which every process must have stopped
 mkdir -p $OUT/seed12 $OUT/seed13 ssa_code/models bench_data /tmp/r
@@ -13,18 +13,6 @@ ln -sfn ../../../ssa_code/models/tiny ssa_code/models/tiny
 ln -sfn ../../bench_data/haystack_stdlib.npz bench_data/haystack_stdlib.npz
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /tmp/r/install.log 2>&1 || { tail -20 /tmp/r/install.log; exit 1; }
 { nvidia-smi --query-gpu=name --format=csv,noheader; free -g | head -2; cat REV; } | tee $L
-if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
-        echo "mps on" | tee -a $L
-    else
-        echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-        echo "mps failed, time-slicing" | tee -a $L
-    fi
-else
-    echo "mps off" | tee -a $L
-fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 COMMON="--methods ssa --chunk-size 2048 --no-warmup --lengths 1m --keys 1,4 --depths 20 --jitter 16384"
 V="--question-variant ship:exact_tries= --question-variant b1a2:exact_before=1;exact_after=2;exact_tries="
@@ -36,5 +24,3 @@ for SEED in 12 13; do
     OUT=$OUT/seed$SEED PROCS=${PROCS:-14} MINUTES=$MIN GRACE=25 SKIP_INSTALL=1 bash scripts/device_needle.sh $COMMON --seed $SEED $V >> $L 2>&1
 done
 echo "took $(( $(date +%s) - T0 )) s" | tee -a $L
-[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
-true
