@@ -34,7 +34,8 @@ if [ "${MPS:-1}" = 1 ] && [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]; then
 elif [ "${MPS:-1}" = 1 ] && ! command -v nvidia-cuda-mps-control >/dev/null; then
     MPS_STATE="time-sliced (no nvidia-cuda-mps-control)"
 elif [ "${MPS:-1}" = 1 ]; then
-    export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps_pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps_log
+    MPS_DIR=$(mktemp -d /tmp/mps_XXXX)   # outside WORK: its sockets stay out of extras.tgz
+    export CUDA_MPS_PIPE_DIRECTORY=$MPS_DIR/pipe CUDA_MPS_LOG_DIRECTORY=$MPS_DIR/log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d \
         && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
