@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ssa_code.bench.needle_pool import clopper_pearson, sign_test
+from ssa_code.engine.question import surest
 
 
 def _best_rank(diag: dict) -> int | None:
@@ -49,8 +50,7 @@ def _surest(c: dict, names: list[str]) -> bool | None:
     if any(n not in variants for n in names):
         return None
     answers = [(c["correct"], c["diag"]["first"])] + [(variants[n]["correct"], variants[n]["first"]) for n in names]
-    best = max(range(len(answers)), key=lambda i: (answers[i][1]["top"][0][1], -i))
-    return bool(answers[best][0])
+    return bool(answers[surest([first["top"][0][1] for _, first in answers])][0])
 
 
 def compare(reports: list[Path], surest: list[list[str]] = ()) -> dict:

@@ -13,7 +13,7 @@ model is most sure of.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -75,13 +75,18 @@ def prefill_question(model: torch.nn.Module, cache: SSACache, ids: torch.Tensor,
             cache.rewind(saved)
         logits = read(choice)
         confidence.append(_confidence(logits))
-    best = max(range(len(choices)), key=lambda i: (confidence[i], -i))
+    best = surest(confidence)
     if best != len(choices) - 1:
         # The last read left its own state: read the winner again (the same logits, the same
         # staged blocks; the state is deterministic given its checkpoint).
         cache.rewind(saved)
         logits = read(choices[best])
     return logits, QuestionChoice(exact, confidence, best)
+
+
+def surest(confidence: Sequence[float]) -> int:
+    """Index of the choice whose first answer token is most probable; the first wins ties."""
+    return max(range(len(confidence)), key=lambda i: (confidence[i], -i))
 
 
 def _confidence(logits: torch.Tensor) -> float:
