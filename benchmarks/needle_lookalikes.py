@@ -36,38 +36,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=110, help="characters of text per block")
     args = ap.parse_args(argv)
 
-    from transformers import AutoTokenizer
+    from ssa_code.bench.needle import read_run
+    from ssa_code.bench.needle_pool import rebuilt_prompts
+    from ssa_code.models import default_tokenizer
 
-    from ssa_code.bench.needle import Haystack, LineBoundaries, cell_prompt, depth_grid, read_run
-    from ssa_code.bench.needle_pool import check_prompts
-    from ssa_code.models import TINY_MODEL_DIR
+    def answers(c) -> dict:
+        """The run's answer and every question variant's: name -> (right, output)."""
+        variants = (c.diag or {}).get("variants") or {}
+        return {"run": (c.correct, c.output), **{n: (v["correct"], v["output"]) for n, v in variants.items()}}
+
+    def shown_cell(c) -> bool:
+        return (c.method == "ssa" and bool((c.diag or {}).get("staged"))
+                and (args.all or not all(ok for ok, _ in answers(c).values())))
 
     try:
         cells, meta = read_run(args.report)
-        hay = Haystack.load(args.haystack)
-        check_prompts([(args.report, cells, meta)], args.haystack)
+        cfg = meta["configs"]["ssa"]
+        block, sinks = cfg["block_size"], cfg["sinks"]
+        tokenizer = default_tokenizer()
+        # Every measured cell's prompt is rebuilt and checked against the report before any is
+        # printed; only the shown ones are kept.
+        shown_prompts = [(c, p) for _, c, p in rebuilt_prompts([(args.report, cells, meta)], args.haystack)
+                         if shown_cell(c)]
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tokenizer = AutoTokenizer.from_pretrained(str(TINY_MODEL_DIR), local_files_only=True)
-    lines = LineBoundaries(tokenizer)
-    cfg = meta["configs"]["ssa"]
-    block, sinks = cfg["block_size"], cfg["sinks"]
-    shown = 0
-    for c in cells:
-        diag = c.diag or {}
-        if c.method != "ssa" or c.correct is None or not diag.get("staged"):
-            continue
-        answers = {"run": (c.correct, c.output)}
-        answers.update({n: (v["correct"], v["output"]) for n, v in (diag.get("variants") or {}).items()})
-        if not args.all and all(ok for ok, _ in answers.values()):
-            continue
-        depths = depth_grid(len({x.depth for x in cells if x.length == c.length}))
-        p = cell_prompt(hay, lines, tokenizer, meta["seed"], c.length, c.keys, depths.index(c.depth), depths,
-                        meta.get("jitter", 0))
+    for c, p in shown_prompts:
+        diag = c.diag
         needle = range(p.needle_pos, p.needle_pos + p.needle_len)
         print(f"\n=== keys={c.keys} depth={c.depth} expected {c.expected!r}; "
-              + ", ".join(f"{n}: {'right' if ok else repr(out.strip()[:16])}" for n, (ok, out) in answers.items()))
+              + ", ".join(f"{n}: {'right' if ok else repr(out.strip()[:16])}" for n, (ok, out) in answers(c).items()))
         print(f"    needle line at {p.needle_pos}: {_flat(tokenizer.decode(p.ids[needle.start:needle.stop]), 80)}")
         for pair, staged in enumerate(diag["staged"]):
             ranks = (diag.get("ranks") or [[]] * len(diag["staged"]))[pair]
@@ -80,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 lo = sinks + b * block
                 mark = "*" if lo < needle.stop and needle.start < lo + block else " "
                 print(f"   {mark}{b:6d} @{lo:8d} {_flat(tokenizer.decode(p.ids[lo:lo + block]), args.width)}")
-        shown += 1
-    print(f"\n{shown} cell(s) shown")
+    print(f"\n{len(shown_prompts)} cell(s) shown")
     return 0
 
 

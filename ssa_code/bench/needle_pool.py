@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ssa_code.bench.needle import benchmark_differs, parse_lengths, read_run
 
@@ -76,25 +77,21 @@ def _without_tree(meta: dict) -> dict:
     return {**meta, "haystack": hay}
 
 
-def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
-                  lengths: Sequence[int] | None = None, select=None) -> int:
+def rebuilt_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
+                    lengths: Sequence[int] | None = None, select=None) -> Iterator[tuple[Path, Any, Any]]:
     """Rebuild the prompt of every measured cell of ``runs`` (folder, cells, meta) from the
-    haystack file ``tokens`` and compare its length and needle position with the report's.
-    ``select(cell)``: check only the measured cells it accepts (default: all).
-
-    Returns the cells checked; raises ValueError at the first that differs."""
-    from transformers import AutoTokenizer
-
+    haystack file ``tokens`` and compare its length and needle position with the report's;
+    yields ``(folder, cell, prompt)`` for each. ``select(cell)``: only the measured cells it
+    accepts (default: all). Raises ValueError at the first cell that differs."""
     from ssa_code.bench.needle import Haystack, LineBoundaries, cell_prompt, depth_grid, tokenizer_digest
-    from ssa_code.models import TINY_MODEL_DIR
+    from ssa_code.models import default_tokenizer
 
     hay = Haystack.load(tokens)
-    tokenizer = AutoTokenizer.from_pretrained(str(TINY_MODEL_DIR), local_files_only=True)
+    tokenizer = default_tokenizer()
     if tokenizer_digest(tokenizer) != hay.meta.get("tokenizer"):
         raise ValueError(f"{tokens}: packed with another tokenizer than the tiny model's")
     lines = LineBoundaries(tokenizer)
     packed = _without_tree({"haystack": hay.meta})["haystack"]
-    checked = 0
     for folder, cells, meta in runs:
         if _without_tree(meta)["haystack"] != packed:
             raise ValueError(f"{folder}: its haystack is not {tokens} (beyond the tree id)")
@@ -111,8 +108,14 @@ def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
                 if len(p.ids) != c.prompt_tokens or p.needle_pos / len(p.ids) != c.needle_depth:
                     raise ValueError(f"{folder}: cell {c.method} keys={c.keys} length={length} depth={c.depth} "
                                      f"is another prompt from {tokens}")
-                checked += 1
-    return checked
+                yield folder, c, p
+
+
+def check_prompts(runs: Sequence[tuple[Path, list, dict]], tokens: Path,
+                  lengths: Sequence[int] | None = None, select=None) -> int:
+    """:func:`rebuilt_prompts` run through: the number of cells checked (ValueError at the first
+    that differs)."""
+    return sum(1 for _ in rebuilt_prompts(runs, tokens, lengths, select))
 
 
 def pool(folders: Sequence[Path], lengths: Sequence[int] | None = None,
