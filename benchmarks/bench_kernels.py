@@ -63,6 +63,13 @@ def parse_args(argv=None):
                     help="decode: skip the forced split-count and config sweeps")
     ap.add_argument("--key-loop", action="append", choices=("flat", "ranges"), dest="key_loops",
                     help="decode: split-K key loop(s) to time (repeatable; default both)")
+    ap.add_argument("--decode-grid", action="store_true",
+                    help="decode: instead of the variant rows, time a grid of split-kernel shapes "
+                         "(tile config x split count x split shares x combine features a "
+                         "program), cold, against the default at each size")
+    ap.add_argument("--ncu-decode", action="store_true",
+                    help="decode: no timing; a few eager calls of the default and of the grid's "
+                         "shapes at each size, for a profiler (ncu -k regex:ssa_attn) to capture")
     ap.add_argument("--combine", action="append", choices=("separate", "separate_pdl"),
                     dest="combines",
                     help="decode: merge(s) of the split partials to time (repeatable; default all)")
@@ -523,6 +530,101 @@ def bench_decode(n_slots, copy_gbps):
     print(line, flush=True)
 
 
+# The decode grid (--decode-grid, --ncu-decode): (tile config or None for the rule, split count
+# as a multiple of one wave (one program per SM), shares in keys (True) or whole tiles, combine
+# BLOCK_D or None for the rule). The first entry is the default path.
+def _cfg(n, w, s):
+    return triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+
+
+DECODE_GRID = [
+    (None, 1, False, None), (None, 1, True, None), (None, 1, False, 32),
+    (_cfg(64, 4, 4), 2, True, None), (_cfg(32, 4, 4), 1, True, None), (_cfg(32, 4, 4), 2, True, None),
+    (_cfg(32, 2, 4), 2, True, None), (_cfg(32, 2, 4), 4, True, None), (_cfg(64, 2, 4), 2, True, None),
+    (_cfg(32, 1, 4), 4, True, None), (_cfg(16, 1, 4), 4, True, None), (_cfg(16, 1, 4), 8, True, None),
+    (_cfg(16, 1, 3), 8, True, None),
+]
+# The entries --ncu-decode runs (one call each): the default and one of each warp count.
+NCU_GRID = [DECODE_GRID[i] for i in (0, 7, 9, 11)]
+
+
+def grid_name(entry, splits):
+    cfg, _, keys, block_d = entry
+    return (f"{config_name(cfg) if cfg else 'rule'} {splits} splits {'keys' if keys else 'tiles'}"
+            + (f" combine D{block_d}" if block_d else ""))
+
+
+class grid_shape:
+    """Runs the split path with one grid entry's knobs, then restores them."""
+
+    def __init__(self, entry):
+        self.cfg, _, self.keys, self.block_d = entry
+
+    def __enter__(self):
+        self.saved = (TA.SPLIT_CONFIG_OVERRIDE, TA.SPLIT_SHARE_OVERRIDE, TA.COMBINE_BLOCK_D)
+        TA.SPLIT_CONFIG_OVERRIDE = self.cfg
+        TA.SPLIT_SHARE_OVERRIDE = self.keys
+        TA.COMBINE_BLOCK_D = self.block_d
+
+    def __exit__(self, *exc):
+        TA.SPLIT_CONFIG_OVERRIDE, TA.SPLIT_SHARE_OVERRIDE, TA.COMBINE_BLOCK_D = self.saved
+
+
+def grid_splits(entry):
+    return max(1, round(triton.cdiv(TA.num_sms(torch.device(DEV)), HKV) * entry[1]))
+
+
+def bench_decode_grid(n_slots, copy_gbps):
+    """Every DECODE_GRID entry at one size (flat loop, default merge), cold in a CUDA graph,
+    after checking its output against the default path's."""
+    inp = tier_layout(n_slots, seed=n_slots)
+    nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
+    reps = n_copies(nbytes)
+    copies = [inp] + [tuple(t.clone() for t in inp) for _ in range(reps - 1)]
+    base_o, base_l = TA.tier_attention(*inp, D ** -0.5)
+    times = {}
+    for entry in DECODE_GRID:
+        splits = grid_splits(entry)
+        name = grid_name(entry, splits)
+        call = decode_call("flat", None, None if entry[0] is None and entry[1] == 1 else splits)
+        try:
+            with grid_shape(entry):
+                o, lse = call(inp)
+                err_o = (o.float() - base_o.float()).abs().max().item()
+                err_l = (lse - base_l).abs().max().item()
+                ok = err_o < 3e-2 and err_l < 1e-3
+                ms = timeit(rotating(call, copies), graph=True, rep=20) / reps
+        except Exception as e:  # out of shared memory or registers on this card
+            print(f"decode grid {n_slots} slots {name}: FAILED {type(e).__name__}: {e}"[:300],
+                  flush=True)
+            continue
+        times[name] = ms
+        row = {"op": "decode_grid", "slots": n_slots, "shape": name, "bytes": nbytes,
+               "ms_graph_cold": ms, "frac_of_copy_cold": nbytes / ms / 1e6 / copy_gbps,
+               "max_diff_out": err_o, "max_diff_lse": err_l, "same_as_default": ok}
+        ROWS.append(row)
+        print(f"decode grid {n_slots} slots {name}: {ms * 1e3:.1f} us cold "
+              f"({row['frac_of_copy_cold']:.2f} of copy){'' if ok else ' DIFFERS FROM DEFAULT'}",
+              flush=True)
+    del copies
+    base = next(iter(times.values()), None)
+    if base:
+        best = min(times, key=times.get)
+        print(f"decode grid {n_slots} slots: default {base * 1e3:.1f} us, best {best} "
+              f"{times[best] * 1e3:.1f} us ({base / times[best]:.2f}x)", flush=True)
+
+
+def ncu_decode(n_slots):
+    """One eager call of each NCU_GRID entry at one size, untimed (for ncu to capture)."""
+    inp = tier_layout(n_slots, seed=n_slots)
+    for entry in NCU_GRID:
+        splits = grid_splits(entry)
+        with grid_shape(entry):
+            decode_call("flat", None, None if entry[0] is None and entry[1] == 1 else splits)(inp)
+        sync()
+        print(f"ncu decode {n_slots} slots {grid_name(entry, splits)}", flush=True)
+
+
 def bench_score(m, n):
     g = torch.Generator().manual_seed(m)
     q = torch.randn(HQ, m, D, generator=g).to(DEV, DT)
@@ -566,6 +668,11 @@ def table():
                 f"cold {r['frac_of_copy_cold']:.2f}; of same-size copy: warm "
                 f"{r['frac_of_same_copy']:.2f}, cold {r['frac_of_same_copy_cold']:.2f}; launch floor "
                 f"{r['launch_floor_ms'] * 1e3:.1f} us (target >= 0.7) |")
+        elif r["op"] == "decode_grid":
+            lines.append(f"| decode grid {r['shape']} | M=1 slots={r['slots']} | cold "
+                         f"{r['ms_graph_cold'] * 1e3:.1f} us | of copy {r['frac_of_copy_cold']:.2f}"
+                         f" (target >= 0.7) | max diff from default: out {r['max_diff_out']:.1e}, "
+                         f"lse {r['max_diff_lse']:.1e} | |")
         elif r["op"] == "decode_error":
             lines.append(f"| decode {r['key_loop']} {r['combine']} | slots={r['slots']} | failed |"
                          f" {r['error'][:80]} | | |")
@@ -601,6 +708,11 @@ def main():
     name = "cpu (Triton interpreter)" if SMOKE else torch.cuda.get_device_name()
     print(f"device: {name}; torch {torch.__version__}; triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
+    if ARGS.ncu_decode:  # untimed calls for a profiler: no checks, no copy to compare with
+        ARGS.only = ("decode",)
+        for n in ARGS.decode_slots or [8192, 16384]:
+            ncu_decode(n)
+        return 0
     run_checks()
     print(f"checks done at {time.time() - t0:.0f} s", flush=True)
     copy_gbps, copy_ms = copy_bandwidth()
@@ -623,7 +735,10 @@ def main():
     for m, nk in (prefill if "prefill" in ARGS.only else []):
         bench_prefill(m, nk)
     for n in (decode if "decode" in ARGS.only else []):
-        bench_decode(n, copy_gbps)
+        if ARGS.decode_grid:
+            bench_decode_grid(n, copy_gbps)
+        else:
+            bench_decode(n, copy_gbps)
         save(name, t0)
     dec = [r for r in ROWS if r["op"] == "decode"]
     if dec:
