@@ -136,15 +136,25 @@ def ssa_attn_fwd_kernel(
     b_head = BIAS + kvh.to(tl.int64) * stride_bh
 
     if FLAT_KEYS:
-        offs_r = tl.arange(0, RANGES_PAD)
-        r_ok = offs_r < N_RANGES
-        r_start = tl.load(RANGES + 2 * offs_r, mask=r_ok, other=0)
-        r_len = tl.load(RANGES + 2 * offs_r + 1, mask=r_ok, other=0) - r_start
-        # Range r holds the flat keys [f_end - r_len, f_end); key f sits in slot f + r_shift.
-        f_end = tl.cumsum(r_len, 0)
-        f_start = f_end - r_len
-        r_shift = r_start - f_start
-        total = tl.sum(r_len, 0)
+        # The ranges as scalars, every load issued before the first use (one round trip).
+        starts = ()
+        ends = ()
+        for r in tl.static_range(RANGES_PAD):
+            starts = starts + (tl.load(RANGES + 2 * r, mask=r < N_RANGES, other=0),)
+            ends = ends + (tl.load(RANGES + 2 * r + 1, mask=r < N_RANGES, other=0),)
+        # Range r holds the flat keys [f_starts[r], f_starts[r + 1]); key f of it sits in slot
+        # f + starts[r] - f_starts[r]. Kept as steps: slot(f) = f plus the sum of steps[r] over
+        # every r with f_starts[r] <= f (an empty range's step is cancelled by the next one's;
+        # padded ranges start at `total` and never apply).
+        total = 0
+        shift = 0
+        f_starts = ()
+        steps = ()
+        for r in tl.static_range(RANGES_PAD):
+            f_starts = f_starts + (total,)
+            steps = steps + (starts[r] - total - shift,)
+            shift = starts[r] - total
+            total += ends[r] - starts[r]
         if SHARE_KEYS:
             # Equal shares in keys over the splits before the last, which keeps the chunk's
             # own keys only (with them it would be the longest program).
@@ -158,10 +168,10 @@ def ssa_attn_fwd_kernel(
             offs_f = f0 + tl.arange(0, BLOCK_N)
             # Keys past `hi` are clamped onto the split's last key and masked through the bias.
             f_c = tl.minimum(offs_f, hi - 1)
-            # Exactly one range holds each key (an empty range holds none): no search, one
-            # [BLOCK_N, RANGES_PAD] compare against the prefix sums.
-            hit = (f_c[:, None] >= f_start[None, :]) & (f_c[:, None] < f_end[None, :])
-            slot = f_c + tl.sum(tl.where(hit, r_shift[None, :], 0), 1)
+            # No search and no cross-thread reduction: one compare and select per range.
+            slot = f_c
+            for r in tl.static_range(RANGES_PAD):
+                slot += tl.where(f_c >= f_starts[r], steps[r], 0)
             bias = tl.load(b_head + slot, mask=offs_f < hi, other=float("-inf"))
             acc, l_i, m_i = _attn_tile(
                 acc, l_i, m_i, q,

@@ -2,7 +2,7 @@
 # Where decode time goes at small buffers, in one device call (<= 9 min): the decode grid of
 # benchmarks/bench_kernels.py (split-kernel shapes timed cold against the default) and an
 # Nsight Compute profile of the default and three other shapes at 8K and 16K slots.
-# Usage (repo root): bash scripts/device_decode_profile.sh
+# Usage (repo root): bash scripts/device_decode_profile.sh  (GRID=0: the profile only)
 # Writes to $OUT: gpu.txt, grid.log, bench_kernels.json, ncu_run.log, ncu_details.csv,
 # ncu_raw.csv, ncu_source.csv (SASS lines with their samples), decode.ncu-rep (if < 15 MB).
 set -u
@@ -18,10 +18,12 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/i
 } 2>&1 | tee "$OUT/gpu.txt"
 
 SLOTS=${SLOTS:-8192 12416 16384 32768 65536}
-OUT="$OUT" timeout ${GRID_S:-280} python3 benchmarks/bench_kernels.py --only decode --decode-grid \
-    --decode-slots $SLOTS >"$OUT/grid.log" 2>&1
-echo "grid rc=$?"
-grep -E "^(FAIL|checks|device|decode grid [0-9]+ slots:)" "$OUT/grid.log"
+if [ "${GRID:-1}" = 1 ]; then
+    OUT="$OUT" timeout ${GRID_S:-280} python3 benchmarks/bench_kernels.py --only decode --decode-grid \
+        --decode-slots $SLOTS >"$OUT/grid.log" 2>&1
+    echo "grid rc=$?"
+    grep -E "^(FAIL|checks|device|decode grid [0-9]+ slots:)" "$OUT/grid.log"
+fi
 
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -z "$NCU" ]; then echo "no ncu here"; exit 0; fi
