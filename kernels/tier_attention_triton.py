@@ -89,7 +89,7 @@ def ssa_attn_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
-    LAUNCH_DEPENDENTS: tl.constexpr = False, SHARE_KEYS: tl.constexpr = False,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
@@ -136,42 +136,26 @@ def ssa_attn_fwd_kernel(
     b_head = BIAS + kvh.to(tl.int64) * stride_bh
 
     if FLAT_KEYS:
-        # The ranges as scalars, every load issued before the first use (one round trip).
-        starts = ()
-        ends = ()
-        for r in tl.static_range(RANGES_PAD):
-            starts = starts + (tl.load(RANGES + 2 * r, mask=r < N_RANGES, other=0),)
-            ends = ends + (tl.load(RANGES + 2 * r + 1, mask=r < N_RANGES, other=0),)
-        # Range r holds the flat keys [f_starts[r], f_starts[r + 1]); key f of it sits in slot
-        # f + starts[r] - f_starts[r]. Kept as steps: slot(f) = f plus the sum of steps[r] over
-        # every r with f_starts[r] <= f (an empty range's step is cancelled by the next one's;
-        # padded ranges start at `total` and never apply).
-        total = 0
-        shift = 0
-        f_starts = ()
-        steps = ()
-        for r in tl.static_range(RANGES_PAD):
-            f_starts = f_starts + (total,)
-            steps = steps + (starts[r] - total - shift,)
-            shift = starts[r] - total
-            total += ends[r] - starts[r]
-        if SHARE_KEYS:
-            # Equal shares in keys over the splits before the last, which keeps the chunk's
-            # own keys only (with them it would be the longest program).
-            sharers = NUM_SPLITS - 1 if (WITH_NEW and NUM_SPLITS > 1) else NUM_SPLITS
-            per = tl.cdiv(total, sharers)
-        else:
-            per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        offs_r = tl.arange(0, RANGES_PAD)
+        r_ok = offs_r < N_RANGES
+        r_start = tl.load(RANGES + 2 * offs_r, mask=r_ok, other=0)
+        r_len = tl.load(RANGES + 2 * offs_r + 1, mask=r_ok, other=0) - r_start
+        # Range r holds the flat keys [f_end - r_len, f_end); key f sits in slot f + r_shift.
+        f_end = tl.cumsum(r_len, 0)
+        f_start = f_end - r_len
+        r_shift = r_start - f_start
+        total = tl.sum(r_len, 0)
+        per = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
         lo = split * per
         hi = tl.minimum(lo + per, total)
         for f0 in range(lo, hi, BLOCK_N):
             offs_f = f0 + tl.arange(0, BLOCK_N)
             # Keys past `hi` are clamped onto the split's last key and masked through the bias.
             f_c = tl.minimum(offs_f, hi - 1)
-            # No search and no cross-thread reduction: one compare and select per range.
-            slot = f_c
-            for r in tl.static_range(RANGES_PAD):
-                slot += tl.where(f_c >= f_starts[r], steps[r], 0)
+            # Exactly one range holds each key (an empty range holds none): no search, one
+            # [BLOCK_N, RANGES_PAD] compare against the prefix sums.
+            hit = (f_c[:, None] >= f_start[None, :]) & (f_c[:, None] < f_end[None, :])
+            slot = f_c + tl.sum(tl.where(hit, r_shift[None, :], 0), 1)
             bias = tl.load(b_head + slot, mask=offs_f < hi, other=float("-inf"))
             acc, l_i, m_i = _attn_tile(
                 acc, l_i, m_i, q,
@@ -249,20 +233,17 @@ def ssa_attn_fwd_kernel(
 def ssa_attn_combine_kernel(
     O_PART, LSE_PART, OUT, LSE, M, N_Q, NUM_SPLITS,
     stride_oh, stride_om, stride_lh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    SPLIT_BLOCK: tl.constexpr, INTERP: tl.constexpr, WAIT_PRIMARY: tl.constexpr = False,
+    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    INTERP: tl.constexpr, WAIT_PRIMARY: tl.constexpr = False,
 ):
-    """Grid (Hq * M, HEAD_DIM // BLOCK_D). Merges the splits' partial (out, lse) of one query
-    row (flash-decoding), BLOCK_D of its features a program. Up to SPLIT_BLOCK splits are merged
-    from one load of the lse and one of the partial outputs, issued together: one memory round
-    trip after launch, not one per chunk. Every program of a row computes the row's weights; the
-    first also stores its lse."""
+    """Grid (Hq * M,). Merges the splits' partial (out, lse) of one query row (flash-decoding).
+    Up to SPLIT_BLOCK splits (decode's 33) are merged from one load of the lse and one of the
+    partial outputs, issued together: one memory round trip after launch, not one per chunk."""
     i = tl.program_id(0)
-    pid_d = tl.program_id(1)
     head = i // M
     qm = i % M
     offs_s = tl.arange(0, SPLITS_PAD)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_d = tl.arange(0, HEAD_DIM)
     s_ok = offs_s < NUM_SPLITS
     if WAIT_PRIMARY:
         # Launched early (programmatic dependent launch): the split kernel's partials are
@@ -281,7 +262,7 @@ def ssa_attn_combine_kernel(
     if SPLITS_PAD <= SPLIT_BLOCK:
         acc = tl.sum(w_s[:, None] * o_s, 0)
     else:
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
         for s0 in range(0, NUM_SPLITS, SPLIT_BLOCK):
             offs_b = s0 + tl.arange(0, SPLIT_BLOCK)
             ok = offs_b < NUM_SPLITS
@@ -293,8 +274,7 @@ def ssa_attn_combine_kernel(
     seen = den > 0.0
     o = acc / tl.where(seen, den, 1.0)
     tl.store(OUT + head.to(tl.int64) * stride_oh + qm * stride_om + offs_d, cast(o, OUT.dtype.element_ty, INTERP))
-    if pid_d == 0:
-        tl.store(LSE + head.to(tl.int64) * stride_lh + qm, tl.where(seen, mx + tl.log(den), float("-inf")))
+    tl.store(LSE + head.to(tl.int64) * stride_lh + qm, tl.where(seen, mx + tl.log(den), float("-inf")))
 
 
 @triton.jit
@@ -430,17 +410,9 @@ KEY_LOOPS = ("flat", "ranges")
 # removed in the tenth session (last present in commit 9892a55).
 COMBINES = ("separate", "separate_pdl")
 DEFAULT_COMBINE = "separate_pdl"
-# Partial-output elements a combine program merges from one load ([splits, BLOCK_D] fp32: 64
-# registers a thread at 4 warps). A row's features are split over programs (BLOCK_D, a power
-# of two, at least _COMBINE_MIN_D) until its splits fit; beyond that, the chunked loop.
-_COMBINE_ELEMS = 64 * 128
-_COMBINE_MIN_D = 16
-# Forced combine BLOCK_D (benchmark sweeps); None: combine_block_d's rule.
-COMBINE_BLOCK_D = None
-# Forced split shares (benchmark sweeps): True, equal shares in keys over all splits but the
-# last; False, in whole tiles over all splits; None: the default (SPLIT_SHARE_KEYS).
-SPLIT_SHARE_OVERRIDE = None
-SPLIT_SHARE_KEYS = False
+# Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
+# 4 warps for D 128); more go through its chunked loop.
+_COMBINE_SPLITS = 64
 
 # Rows (G * M) up to this use one row block and split-K.
 _DECODE_ROWS = 64
@@ -484,17 +456,6 @@ def num_sms(device: torch.device) -> int:
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
-
-
-def combine_block_d(splits_pad: int, d: int) -> int:
-    """Features a combine program merges: all of them while [splits, d] fits one load, else
-    halved until it does (not below _COMBINE_MIN_D, past which the chunked loop runs)."""
-    if COMBINE_BLOCK_D is not None:
-        return min(COMBINE_BLOCK_D, d)
-    block_d = d
-    while block_d > _COMBINE_MIN_D and splits_pad * block_d > _COMBINE_ELEMS:
-        block_d //= 2
-    return block_d
 
 
 def plan_splits(n_rows: int, hkv: int, cap: int, device: torch.device) -> tuple[int, int]:
@@ -581,17 +542,13 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
     pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and pdl_supported(dev)
-    share_keys = SPLIT_SHARE_KEYS if SPLIT_SHARE_OVERRIDE is None else SPLIT_SHARE_OVERRIDE
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True,
-                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}),
-                 **(dict(SHARE_KEYS=True) if flat and share_keys else {}), **consts)
-    splits_pad = max(2, _pow2(splits))
-    block_d = combine_block_d(splits_pad, d)
-    ssa_attn_combine_kernel[(hq * m, d // block_d)](
+                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)
+    ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
-        HEAD_DIM=d, BLOCK_D=block_d, SPLITS_PAD=splits_pad,
-        SPLIT_BLOCK=max(2, _COMBINE_ELEMS // block_d), INTERP=interpreting(), num_warps=4,
+        HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=_COMBINE_SPLITS,
+        INTERP=interpreting(), num_warps=4,
         **(dict(WAIT_PRIMARY=True, launch_pdl=True) if pdl else {}))
     return out, lse
 

@@ -234,56 +234,6 @@ def test_split_k_merge(case, splits, combine):
         assert torch.equal(out2, out) and torch.equal(lse2, lse), "second launch differs"
 
 
-# How the combine kernel's programs cut a row: the rule (the whole row per program at these
-# sizes), four features a program ("tiled"), and loads too small for the splits ("chunked":
-# its loop over chunks of splits).
-COMBINE_SHAPES = {"rule": {}, "tiled": {"COMBINE_BLOCK_D": 16},
-                  "chunked": {"_COMBINE_ELEMS": 256}}
-
-
-@pytest.mark.parametrize("shape,share_keys", [("rule", False), ("rule", True), ("tiled", False),
-                                              ("chunked", True)])
-@pytest.mark.parametrize("splits", [3, 70])
-@pytest.mark.parametrize("case", list(SPLIT_CASES))
-def test_split_shares_and_combine_shapes(monkeypatch, case, splits, shape, share_keys):
-    """Split shares in keys (all splits but the last, which keeps the chunk's keys) or in whole
-    tiles, merged by combine programs holding a whole row, part of one, or a loop over chunks
-    of splits: the same result within the 2x-of-PyTorch rule, every output written."""
-    from ssa_code.kernels import tier_attention_triton as TA
-
-    hq, hkv, m, cap, d, ranges, summaries, masked = SPLIT_CASES[case]
-    for name, value in COMBINE_SHAPES[shape].items():
-        monkeypatch.setattr(TA, name, value)
-    monkeypatch.setattr(TA, "SPLIT_SHARE_OVERRIDE", share_keys)
-    inputs = make_tier_inputs(hq, hkv, m, cap, d, ranges, torch.bfloat16, on("small"),
-                              seed=zlib.crc32(f"{case} {shape}".encode()) + splits,
-                              summaries=summaries, masked=masked)
-    scale = 1.0 / math.sqrt(d)
-    out, lse = TA.tier_attention(*inputs, scale, num_splits=splits)
-    assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten (NaN) outputs"
-    q, kb, vb, bias, r, kn, vn = inputs
-    gold_o, gold_l = tier_attention_ref(q.double(), kb.double(), vb.double(), bias.double(), r,
-                                        kn.double(), vn.double(), scale,
-                                        compute_dtype=torch.float64, out_dtype=torch.float64)
-    pt_o, pt_l = tier_attention_ref(*inputs, scale, compute_dtype=torch.bfloat16)
-    label = f"{case} {splits} splits {shape} keys={share_keys}"
-    assert_close_to_gold(f"{label} out", out, gold_o, pt_o)
-    assert_close_to_gold(f"{label} lse", lse, gold_l, pt_l)
-
-
-def test_combine_block_d_rule(monkeypatch):
-    """A combine program takes the whole row while [splits, D] fits one load, then halves its
-    features, never below the floor; a forced BLOCK_D is capped at D."""
-    from ssa_code.kernels import tier_attention_triton as TA
-
-    assert TA.combine_block_d(64, 128) == 128
-    assert TA.combine_block_d(128, 128) == 64
-    assert TA.combine_block_d(256, 128) == 32
-    assert TA.combine_block_d(4096, 128) == TA._COMBINE_MIN_D
-    monkeypatch.setattr(TA, "COMBINE_BLOCK_D", 256)
-    assert TA.combine_block_d(2, 64) == 64
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("combine", COMBINES)
