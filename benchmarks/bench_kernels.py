@@ -5,6 +5,9 @@
     python benchmarks/bench_kernels.py --quick    # fewer sizes, shorter timing
     python benchmarks/bench_kernels.py --only decode  # decode checks and timings only (~1-2 min)
     python benchmarks/bench_kernels.py --cpu-smoke  # tiny sizes on CPU, Triton interpreter
+    python benchmarks/bench_kernels.py --only decode --decode-grid  # split-kernel shapes, decode
+    python benchmarks/bench_kernels.py --ncu-decode  # untimed decode calls, for ncu
+                                      # (both: scripts/device_decode_profile.sh)
 
 First every kernel is checked against its PyTorch reference on the device at real sizes
 (PASS/FAIL with errors). Then:
@@ -65,11 +68,12 @@ def parse_args(argv=None):
                     help="decode: split-K key loop(s) to time (repeatable; default both)")
     ap.add_argument("--decode-grid", action="store_true",
                     help="decode: instead of the variant rows, time a grid of split-kernel shapes "
-                         "(tile config x split count x split shares x combine features a "
-                         "program), cold, against the default at each size")
+                         "(tile config x split count, DECODE_GRID), cold, against the default at "
+                         "each size")
     ap.add_argument("--ncu-decode", action="store_true",
-                    help="decode: no timing; a few eager calls of the default and of the grid's "
-                         "shapes at each size, for a profiler (ncu -k regex:ssa_attn) to capture")
+                    help="decode: no checks or timing; one eager call of the default and of three "
+                         "grid shapes (NCU_GRID) at each --decode-slots size (default 8K, 16K), "
+                         "for a profiler (ncu -k regex:ssa_attn) to capture")
     ap.add_argument("--combine", action="append", choices=("separate", "separate_pdl"),
                     dest="combines",
                     help="decode: merge(s) of the split partials to time (repeatable; default all)")
@@ -697,7 +701,6 @@ def main():
     print(f"device: {name}; torch {torch.__version__}; triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
     if ARGS.ncu_decode:  # untimed calls for a profiler: no checks, no copy to compare with
-        ARGS.only = ("decode",)
         for n in ARGS.decode_slots or [8192, 16384]:
             ncu_decode(n)
         return 0
