@@ -66,9 +66,6 @@ def parse_args(argv=None):
                     help="decode: skip the forced split-count and config sweeps")
     ap.add_argument("--key-loop", action="append", choices=("flat", "ranges"), dest="key_loops",
                     help="decode: split-K key loop(s) to time (repeatable; default both)")
-    ap.add_argument("--split-pdl", action="store_true",
-                    help="decode: launch the split kernel with programmatic dependent launch too "
-                         "(kernels.tier_attention_triton.SPLIT_PDL)")
     ap.add_argument("--decode-grid", action="store_true",
                     help="decode: instead of the variant rows, time a grid of split-kernel shapes "
                          "(tile config x split count, DECODE_GRID), cold, against the default at "
@@ -703,9 +700,6 @@ def main():
     name = "cpu (Triton interpreter)" if SMOKE else torch.cuda.get_device_name()
     print(f"device: {name}; torch {torch.__version__}; triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
-    if ARGS.split_pdl:
-        TA.SPLIT_PDL = True
-    print(f"split kernel launched with PDL: {TA.SPLIT_PDL}", flush=True)
     if ARGS.ncu_decode:  # untimed calls for a profiler: no checks, no copy to compare with
         for n in ARGS.decode_slots or [8192, 16384]:
             ncu_decode(n)

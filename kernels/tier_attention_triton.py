@@ -89,7 +89,7 @@ def ssa_attn_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FLAT_KEYS: tl.constexpr, RANGES_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, WITH_NEW: tl.constexpr = True,
-    LAUNCH_DEPENDENTS: tl.constexpr = False, WAIT_PREVIOUS: tl.constexpr = False,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid (row blocks, Hkv, splits). Rows r in [0, GROUP * M) of KV head `kvh` are query m = r % M
     of head kvh * GROUP + r // M. Split s covers an equal share, in whole tiles, of the buffer's
@@ -108,15 +108,9 @@ def ssa_attn_fwd_kernel(
 
     LAUNCH_DEPENDENTS (combine "separate_pdl"): lets the combine kernel, launched with
     programmatic dependent launch, start now; it waits (griddepcontrol.wait) for this grid to
-    finish and flush before reading the partials, so its launch overlaps this kernel.
-
-    WAIT_PREVIOUS (SPLIT_PDL): this kernel is itself launched with programmatic dependent launch
-    and waits for the kernel before it to finish and flush before its first global load, so only
-    its launch overlaps that kernel; what it reads may have been written just before."""
+    finish and flush before reading the partials, so its launch overlaps this kernel."""
     if LAUNCH_DEPENDENTS:
         tl.extra.cuda.gdc_launch_dependents()
-    if WAIT_PREVIOUS:
-        tl.extra.cuda.gdc_wait()
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -416,9 +410,6 @@ KEY_LOOPS = ("flat", "ranges")
 # removed in the tenth session (last present in commit 9892a55).
 COMBINES = ("separate", "separate_pdl")
 DEFAULT_COMBINE = "separate_pdl"
-# Whether the flat split kernel is launched with programmatic dependent launch too (its launch
-# overlapping the previous kernel, every read after griddepcontrol.wait); where PDL is available.
-SPLIT_PDL = False
 # Splits the combine kernel merges from one load ([64, D] fp32: 64 registers a thread at
 # 4 warps for D 128); more go through its chunked loop.
 _COMBINE_SPLITS = 64
@@ -551,11 +542,9 @@ def tier_attention_fwd(q, k_buf, v_buf, bias, ranges, k_new, v_new, scale, num_s
     lse_part = alloc((splits, hq, m), torch.float32, dev)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), hkv, splits)
     pdl = (combine or DEFAULT_COMBINE) == "separate_pdl" and pdl_supported(dev)
-    chained = SPLIT_PDL and launch is ssa_attn_fwd_kernel and pdl_supported(dev)
     launch[grid](q, k_buf, v_buf, bias, ranges, k_new, v_new, out, lse, o_part, lse_part,
                  float(scale), m, n_ranges, splits, *strides, SPLIT=True,
-                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}),
-                 **(dict(WAIT_PREVIOUS=True, launch_pdl=True) if chained else {}), **consts)
+                 **(dict(LAUNCH_DEPENDENTS=True) if pdl else {}), **consts)
     ssa_attn_combine_kernel[(hq * m,)](
         o_part, lse_part, out, lse, m, hq * m, splits, out.stride(0), out.stride(1), lse.stride(0),
         HEAD_DIM=d, SPLITS_PAD=max(2, _pow2(splits)), SPLIT_BLOCK=_COMBINE_SPLITS,
