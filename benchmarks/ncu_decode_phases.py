@@ -4,12 +4,12 @@ three phases (before its main loop, the loop, after it) with their largest stall
 
     python benchmarks/ncu_decode_phases.py DIR
 
-DIR holds what scripts/device_decode_profile.sh writes: ncu_raw.csv and ncu_source.csv (either
-may be gzipped, as in benchmarks/results/decode_profile_h100), the `--page raw` and `--page source --print-source sass` exports of one
-report. The main loop is the backward branch enclosing the most tensor-core instructions (HMMA);
-everything the program executes before the loop's first wait for its async copies is the
-prologue. Samples are per warp, so a phase's share of a kernel's samples is its share of the
-time its warps were resident.
+DIR holds what scripts/device_decode_profile.sh writes: ncu_raw.csv and ncu_source.csv, the
+`--page raw` and `--page source --print-source sass` exports of one report (either may be
+gzipped, as in benchmarks/results/decode_profile_h100). The main loop is the backward branch
+enclosing the most tensor-core instructions (HMMA); everything the program executes before the
+loop's first wait for its async copies is the prologue. Samples are per warp, so a phase's share
+of a kernel's samples is its share of the time its warps were resident.
 """
 from __future__ import annotations
 
