@@ -325,6 +325,15 @@ def n_copies(nbytes):
     return max(1, math.ceil(3 * l2_bytes() / nbytes))
 
 
+def decode_case(n_slots):
+    """A decode step at ``n_slots`` (:func:`tier_layout`), the bytes it must read (K and V of
+    every attended slot, plus the bias) and the input copies a cold timing cycles through (the
+    step's own first)."""
+    inp = tier_layout(n_slots, seed=n_slots)
+    nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
+    return inp, nbytes, [inp] + [tuple(t.clone() for t in inp) for _ in range(n_copies(nbytes) - 1)]
+
+
 def rotating(fn, items):
     """One call of fn per item, in order; a timing of it is divided by len(items)."""
     def run():
@@ -431,10 +440,8 @@ def launch_floor(out, splits):
 
 def bench_decode(n_slots, copy_gbps):
     """Every decode variant (key loop x merge) at one size on the six-tier layout: a row each."""
-    inp = tier_layout(n_slots, seed=n_slots)
-    nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
-    reps = n_copies(nbytes)
-    copies = [inp] + [tuple(t.clone() for t in inp) for _ in range(reps - 1)]
+    inp, nbytes, copies = decode_case(n_slots)
+    reps = len(copies)
     _, planned = TA.plan_splits(HQ // HKV, HKV, inp[1].shape[1], inp[0].device)
     # A copy moving the same bytes (nbytes / 2 read, nbytes / 2 written), warm and cold.
     src = [torch.empty(nbytes // 4, dtype=torch.int16, device=DEV) for _ in range(reps)]
@@ -573,10 +580,8 @@ def grid_call(entry):
 def bench_decode_grid(n_slots, copy_gbps):
     """Every DECODE_GRID entry at one size (flat loop, default merge), cold in a CUDA graph,
     after checking its output against the default path's."""
-    inp = tier_layout(n_slots, seed=n_slots)
-    nbytes = 2 * HKV * n_slots * D * 2 + HKV * n_slots * 4
-    reps = n_copies(nbytes)
-    copies = [inp] + [tuple(t.clone() for t in inp) for _ in range(reps - 1)]
+    inp, nbytes, copies = decode_case(n_slots)
+    reps = len(copies)
     base_o, base_l = TA.tier_attention(*inp, D ** -0.5)
     times = {}
     for entry in DECODE_GRID:
